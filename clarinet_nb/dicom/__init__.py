@@ -1,0 +1,51 @@
+"""The core DICOM service: models, the sync operations layer and the async client."""
+
+from clarinet_nb.dicom.association import Timeouts
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.client import DicomClient, QueryResults
+from clarinet_nb.dicom.handlers import StorageHandler
+from clarinet_nb.dicom.models import (
+    DateRange,
+    DicomNode,
+    ImageQuery,
+    ImageResult,
+    PatientQuery,
+    PatientResult,
+    QueryLevel,
+    RetrieveResult,
+    RetrieveStatus,
+    SeriesQuery,
+    SeriesResult,
+    StorageConfig,
+    StorageMode,
+    StudyQuery,
+    StudyResult,
+)
+from clarinet_nb.dicom.operations import DicomOperations, FindOutcome
+from clarinet_nb.dicom.requests import RetrieveRequest
+
+__all__ = [
+    "CancelToken",
+    "DateRange",
+    "DicomClient",
+    "DicomNode",
+    "DicomOperations",
+    "FindOutcome",
+    "ImageQuery",
+    "ImageResult",
+    "PatientQuery",
+    "PatientResult",
+    "QueryLevel",
+    "QueryResults",
+    "RetrieveRequest",
+    "RetrieveResult",
+    "RetrieveStatus",
+    "SeriesQuery",
+    "SeriesResult",
+    "StorageConfig",
+    "StorageHandler",
+    "StorageMode",
+    "StudyQuery",
+    "StudyResult",
+    "Timeouts",
+]

@@ -1,0 +1,287 @@
+"""The single boundary between pynetdicom and clarinet_nb.
+
+Opening associations, tuning their sockets, interpreting DIMSE statuses and
+wiring cancellation happen here; pynetdicom's outcomes become our exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import AE, Association, _config, evt
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.errors import (
+    AssociationAbortedError,
+    AssociationRejectedError,
+    DicomTimeoutError,
+    PeerUnreachableError,
+)
+
+__all__ = [
+    "Timeouts",
+    "cancel_watch",
+    "make_ae",
+    "open_association",
+    "release",
+    "status_of",
+    "tune_connection",
+]
+
+logger = logging.getLogger("clarinet_nb")
+
+# pynetdicom pretty-prints every C-FIND identifier (patient names and IDs) at
+# INFO whatever the log level, and binds its handlers to every association.
+_config.LOG_RESPONSE_IDENTIFIERS = False
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_HANDLER_LEVEL = "none"
+
+#: pynetdicom's reactor sleeps this long (default 1 ms) when idle; every PDU
+#: exchange pays it. A shorter delay costs a little idle CPU while associated.
+_RUN_LOOP_DELAY = 0.0002
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Timeouts in seconds for one association."""
+
+    connect: float = 10.0
+    acse: float = 30.0
+    dimse: float = 120.0
+    network: float = 120.0
+    cancel: float = 10.0
+
+
+def make_ae(calling_aet: str, timeouts: Timeouts) -> AE:
+    """A pynetdicom AE with our timeouts applied."""
+    ae = AE(ae_title=calling_aet)
+    ae.connection_timeout = timeouts.connect
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    return ae
+
+
+def tune_connection(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: make the new connection fast on Linux.
+
+    Stock DCMTK-based peers (Orthanc, dcmqrscp) leave Nagle's algorithm on, so
+    each small C-STORE sub-operation waits ~40 ms for our delayed ACK.  We set
+    TCP_NODELAY on our side and re-arm TCP_QUICKACK before every read so the
+    peer is never left waiting for an ACK.
+    """
+    assoc = event.assoc
+    assoc.dul._run_loop_delay = _RUN_LOOP_DELAY
+    transport = assoc.dul.socket
+    raw = getattr(transport, "socket", None)
+    if transport is None or raw is None:
+        return
+    with contextlib.suppress(OSError):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.recv = _make_recv(raw)
+
+
+def _make_recv(raw: socket.socket) -> Any:
+    quickack = _TCP_QUICKACK
+
+    def recv(nr_bytes: int) -> bytearray:
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        got = 0
+        while got < nr_bytes:
+            if quickack is not None:
+                try:
+                    raw.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+                except OSError:
+                    pass
+            count = raw.recv_into(view[got:], nr_bytes - got)
+            if not count:
+                del view
+                return buffer[:got]
+            got += count
+        return buffer
+
+    return recv
+
+
+def open_association(
+    ae: AE,
+    peer: DicomNode,
+    *,
+    contexts: Sequence[PresentationContext] | None = None,
+    max_pdu: int = 16384,
+    ext_neg: list[Any] | None = None,
+    evt_handlers: list[Any] | None = None,
+    purpose: str = "request",
+) -> Association:
+    """Associate with ``peer``, or raise the matching NetworkError."""
+    if contexts is not None:
+        ae.requested_contexts = list(contexts)
+    elif not ae.requested_contexts:
+        ae.add_requested_context(Verification)
+    handlers = [(evt.EVT_CONN_OPEN, tune_connection), *(evt_handlers or [])]
+    started = time.monotonic()
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.aet,
+        max_pdu=max_pdu,
+        ext_neg=ext_neg,
+        evt_handlers=handlers,
+    )
+    if assoc.is_established:
+        logger.debug("associated with %s for %s", peer, purpose)
+        return assoc
+    elapsed = time.monotonic() - started
+    where = f"{peer} ({purpose})"
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        result = int(getattr(rsp, "result", 0) or 0)
+        source = int(getattr(rsp, "result_source", 0) or 0)
+        reason = int(getattr(rsp, "diagnostic", 0) or 0)
+        hint = _REJECT_HINTS.get((source, reason), "")
+        raise AssociationRejectedError(
+            f"{where} rejected the association "
+            f"(result {result}, source {source}, reason {reason}){hint}",
+            result=result,
+            source=source,
+            reason=reason,
+        )
+    connected = assoc.dul.socket is not None and bool(
+        getattr(assoc.dul.socket, "_is_connected", False)
+    )
+    if assoc.is_aborted or connected:
+        if elapsed >= ae.acse_timeout * 0.95:
+            raise DicomTimeoutError(
+                f"{where} did not answer the association request within {ae.acse_timeout:g} s"
+            )
+        raise AssociationAbortedError(
+            f"{where} aborted the association request (is this a DICOM port?)"
+        )
+    if elapsed >= ae.connection_timeout * 0.95:
+        raise DicomTimeoutError(
+            f"could not connect to {where} within {ae.connection_timeout:g} s"
+        )
+    raise PeerUnreachableError(
+        f"could not connect to {where}: connection refused or host unreachable"
+    )
+
+
+_REJECT_HINTS: dict[tuple[int, int], str] = {
+    (1, 2): ": application context not supported",
+    (1, 3): ": our calling AE title is not known to the peer; register it on the PACS",
+    (1, 7): ": the called AE title is wrong; check the PACS's AE title",
+    (2, 2): ": protocol version not supported",
+    (3, 1): ": the peer is congested, try again later",
+    (3, 2): ": the peer has reached its limit of associations, try again later",
+}
+
+
+def release(assoc: Association) -> None:
+    """Release ``assoc`` if still established; abort if release fails."""
+    try:
+        if assoc.is_established:
+            assoc.release()
+    except Exception:
+        logger.debug("release failed, aborting", exc_info=True)
+        with contextlib.suppress(Exception):
+            assoc.abort()
+
+
+def abort(assoc: Association) -> None:
+    """Abort ``assoc`` and wake up anybody waiting for a DIMSE message."""
+    with contextlib.suppress(Exception):
+        assoc.abort()
+    with contextlib.suppress(Exception):
+        assoc.dimse.msg_queue.put((None, None))
+
+
+def status_of(status: Dataset | None) -> int | None:
+    """The Status of a response dataset, or None when there was no response."""
+    if status is None or "Status" not in status:
+        return None
+    return int(status.Status)
+
+
+@contextlib.contextmanager
+def cancel_watch(
+    assoc: Association,
+    token: CancelToken | None,
+    *,
+    msg_id: int,
+    context_id: int | None,
+    grace: float,
+) -> Iterator[threading.Event]:
+    """On cancellation send C-CANCEL for ``msg_id``; abort if the peer ignores it.
+
+    Yields an Event that is set once a C-CANCEL was sent.
+    """
+    sent = threading.Event()
+    if token is None:
+        yield sent
+        return
+    timer: list[threading.Timer] = []
+
+    def on_cancel() -> None:
+        sent.set()
+        logger.info("cancelling: sending C-CANCEL (message %d)", msg_id)
+        with contextlib.suppress(Exception):
+            assoc.send_c_cancel(msg_id, context_id)
+        watchdog = threading.Timer(grace, abort, args=(assoc,))
+        watchdog.daemon = True
+        watchdog.start()
+        timer.append(watchdog)
+
+    remove = token.on_cancel(on_cancel)
+    try:
+        yield sent
+    finally:
+        remove()
+        for watchdog in timer:
+            watchdog.cancel()
+
+
+class ResponseWaiter:
+    """Track the time of the last DIMSE activity to tell timeouts from aborts."""
+
+    def __init__(self, assoc: Association, dimse_timeout: float, peer: DicomNode) -> None:
+        self.assoc = assoc
+        self.dimse_timeout = dimse_timeout
+        self.peer = peer
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        """Note DIMSE activity now."""
+        self.last = time.monotonic()
+
+    def failure(self, what: str) -> Exception:
+        """The error for a missing response (timeout or abort)."""
+        idle = time.monotonic() - self.last
+        if idle >= self.dimse_timeout * 0.95:
+            return DicomTimeoutError(
+                f"{self.peer} sent no {what} response within {self.dimse_timeout:g} s "
+                "(dimse_timeout); the association was aborted"
+            )
+        return AssociationAbortedError(
+            f"the association with {self.peer} was aborted or the connection dropped "
+            f"while waiting for a {what} response"
+        )
+
+
+def needs_verification() -> list[PresentationContext]:
+    """Presentation contexts for C-ECHO."""
+    from pynetdicom import build_context
+
+    return [build_context(Verification)]

@@ -1,0 +1,260 @@
+"""DicomClient: the async face of the DICOM service.
+
+Each method runs the matching :class:`DicomOperations` call in a worker thread
+(pynetdicom is synchronous) from a pool of ``max_associations`` threads, which
+also bounds how many associations one client opens at once.  Cancelling the
+awaiting task sends C-CANCEL to the PACS, waits (bounded) for the association
+to be released and re-raises ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from tqdm.auto import tqdm
+
+from clarinet_nb.dicom.association import Timeouts
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.models import (
+    DicomNode,
+    ImageQuery,
+    ImageResult,
+    PatientQuery,
+    PatientResult,
+    RetrieveResult,
+    SeriesQuery,
+    SeriesResult,
+    StorageConfig,
+    StorageMode,
+    StudyQuery,
+    StudyResult,
+)
+from clarinet_nb.dicom.operations import DicomOperations, FindOutcome
+from clarinet_nb.dicom.queries import AnyQuery
+from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.errors import InvalidInputError
+from clarinet_nb.settings import Settings, settings
+
+__all__ = ["DicomClient", "QueryResults"]
+
+logger = logging.getLogger("clarinet_nb")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class QueryResults(list[R], Generic[R]):
+    """A list of C-FIND results that also says whether the peer cut it short."""
+
+    truncated: bool = False
+    """True when the peer stopped early (e.g. Orthanc's LimitFindResults)."""
+    status: int | None = None
+
+
+class DicomClient:
+    """Async DICOM Query/Retrieve client.
+
+    Defaults come from :data:`clarinet_nb.settings.settings` (``CLARINET_*``).
+    """
+
+    def __init__(
+        self,
+        calling_aet: str | None = None,
+        *,
+        max_pdu: int | None = None,
+        scp_port: int | None = None,
+        scp_ip: str | None = None,
+        timeouts: Timeouts | None = None,
+        max_associations: int | None = None,
+        config: Settings | None = None,
+    ) -> None:
+        cfg = config or settings
+        self.timeouts = timeouts or Timeouts(
+            connect=cfg.connect_timeout,
+            acse=cfg.acse_timeout,
+            dimse=cfg.dimse_timeout,
+            network=cfg.network_timeout,
+            cancel=cfg.cancel_timeout,
+        )
+        self.operations = DicomOperations(
+            calling_aet if calling_aet is not None else cfg.dicom_aet,
+            max_pdu=cfg.dicom_max_pdu if max_pdu is None else max_pdu,
+            timeouts=self.timeouts,
+            scp_port=cfg.dicom_port if scp_port is None else scp_port,
+            scp_ip=scp_ip if scp_ip is not None else cfg.dicom_ip,
+        )
+        self.max_associations = max_associations or cfg.max_associations
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_associations, thread_name_prefix="clarinet-dicom"
+        )
+
+    @property
+    def calling_aet(self) -> str:
+        """Our AE title."""
+        return self.operations.calling_aet
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a DicomOperations call in a worker thread, cancellably.
+
+        ``fn`` must accept a ``cancel=`` CancelToken keyword.
+        """
+        token = CancelToken()
+        loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, cancel=token, **kwargs)
+        future = loop.run_in_executor(self._executor, call)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            token.cancel()
+            limit = self.timeouts.cancel + self.timeouts.acse + 1.0
+            done, _ = await asyncio.wait({future}, timeout=limit)
+            if not done:
+                logger.warning("a cancelled DICOM operation did not stop within %.0f s", limit)
+            elif not future.cancelled() and future.exception() is not None:
+                logger.debug("cancelled operation ended with", exc_info=future.exception())
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the worker threads (running operations finish first)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    def close(self) -> None:
+        """Synchronous close."""
+        self._executor.shutdown()
+
+    async def __aenter__(self) -> DicomClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- C-ECHO / C-FIND ------------------------------------------------------------------
+
+    async def echo(self, peer: DicomNode) -> bool:
+        """C-ECHO ``peer``: True, or a DicomError saying what is wrong."""
+
+        def _echo(cancel: CancelToken) -> None:
+            self.operations.echo(peer)
+
+        await self.run(_echo)
+        return True
+
+    async def find(self, query: AnyQuery, *, peer: DicomNode) -> FindOutcome:
+        """C-FIND returning the raw pydicom datasets and how the query ended."""
+        return await self.run(self.operations.find, query, peer)
+
+    async def _find(self, query: AnyQuery, peer: DicomNode, model: type[Any]) -> QueryResults[Any]:
+        outcome = await self.find(query, peer=peer)
+        results: QueryResults[Any] = QueryResults(model.from_dataset(ds) for ds in outcome.datasets)
+        results.truncated = outcome.truncated
+        results.status = outcome.status
+        return results
+
+    async def find_patients(
+        self, query: PatientQuery | None = None, *, peer: DicomNode
+    ) -> QueryResults[PatientResult]:
+        """PATIENT level C-FIND."""
+        return await self._find(_check(query or PatientQuery(), PatientQuery), peer, PatientResult)
+
+    async def find_studies(
+        self, query: StudyQuery | None = None, *, peer: DicomNode
+    ) -> QueryResults[StudyResult]:
+        """STUDY level C-FIND."""
+        return await self._find(_check(query or StudyQuery(), StudyQuery), peer, StudyResult)
+
+    async def find_series(
+        self, query: SeriesQuery | None = None, *, peer: DicomNode
+    ) -> QueryResults[SeriesResult]:
+        """SERIES level C-FIND."""
+        return await self._find(_check(query or SeriesQuery(), SeriesQuery), peer, SeriesResult)
+
+    async def find_images(
+        self, query: ImageQuery | None = None, *, peer: DicomNode
+    ) -> QueryResults[ImageResult]:
+        """IMAGE (instance) level C-FIND."""
+        return await self._find(_check(query or ImageQuery(), ImageQuery), peer, ImageResult)
+
+    # -- C-GET / C-MOVE -------------------------------------------------------------------
+
+    async def retrieve(
+        self,
+        method: Literal["get", "move"],
+        request: RetrieveRequest,
+        *,
+        peer: DicomNode,
+        output_dir: str | Path | None = None,
+        storage: StorageConfig | None = None,
+        progress: bool = False,
+        query_first: bool = True,
+    ) -> RetrieveResult:
+        """Retrieve ``request`` by C-GET or C-MOVE (see the get_*/move_* shortcuts)."""
+        config = _storage(output_dir, storage)
+        bar = tqdm(total=None, unit="inst", desc=f"C-{method.upper()}", leave=False) if progress else None
+        try:
+            return await self.run(
+                self.operations.retrieve, method, request, peer, config,
+                progress=bar, query_first=query_first,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    async def get_study(self, study_uid: str, *, peer: DicomNode, **kwargs: Any) -> RetrieveResult:
+        """C-GET every instance of a study."""
+        return await self.retrieve("get", RetrieveRequest.study(study_uid), peer=peer, **kwargs)
+
+    async def get_series(self, series_uid: str, *, peer: DicomNode, study_uid: str | None = None,
+                         **kwargs: Any) -> RetrieveResult:
+        """C-GET every instance of a series."""
+        request = RetrieveRequest.series(series_uid, study_uid)
+        return await self.retrieve("get", request, peer=peer, **kwargs)
+
+    async def get_instance(self, sop_uid: str | Sequence[str], *, peer: DicomNode,
+                           series_uid: str | None = None, study_uid: str | None = None,
+                           **kwargs: Any) -> RetrieveResult:
+        """C-GET one instance (or several of one series)."""
+        request = RetrieveRequest.instances(sop_uid, series_uid, study_uid)
+        return await self.retrieve("get", request, peer=peer, **kwargs)
+
+    async def move_study(self, study_uid: str, *, peer: DicomNode, **kwargs: Any) -> RetrieveResult:
+        """C-MOVE every instance of a study to our Storage SCP."""
+        return await self.retrieve("move", RetrieveRequest.study(study_uid), peer=peer, **kwargs)
+
+    async def move_series(self, series_uid: str, *, peer: DicomNode, study_uid: str | None = None,
+                          **kwargs: Any) -> RetrieveResult:
+        """C-MOVE every instance of a series to our Storage SCP."""
+        request = RetrieveRequest.series(series_uid, study_uid)
+        return await self.retrieve("move", request, peer=peer, **kwargs)
+
+    async def move_instance(self, sop_uid: str | Sequence[str], *, peer: DicomNode,
+                            series_uid: str | None = None, study_uid: str | None = None,
+                            **kwargs: Any) -> RetrieveResult:
+        """C-MOVE one instance (or several of one series) to our Storage SCP."""
+        request = RetrieveRequest.instances(sop_uid, series_uid, study_uid)
+        return await self.retrieve("move", request, peer=peer, **kwargs)
+
+
+def _check(query: Any, expected: type[T]) -> T:
+    if not isinstance(query, expected):
+        raise InvalidInputError(
+            f"expected a {expected.__name__}, got {type(query).__name__}"
+        )
+    return query
+
+
+def _storage(output_dir: str | Path | None, storage: StorageConfig | None) -> StorageConfig:
+    if storage is not None and output_dir is not None:
+        raise InvalidInputError("give output_dir or storage, not both")
+    if storage is not None:
+        return storage
+    if output_dir is not None:
+        return StorageConfig(mode=StorageMode.DISK, output_dir=Path(output_dir))
+    return StorageConfig(mode=StorageMode.MEMORY)

@@ -1,0 +1,257 @@
+"""C-STORE handling: where instances received by C-GET or C-MOVE go.
+
+``StorageHandler`` is bound to ``evt.EVT_C_STORE``; it hands each instance to
+a small sink for the storage mode (DISK, MEMORY, FORWARD) and keeps the tally
+that becomes the :class:`~clarinet_nb.dicom.models.RetrieveResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import AE, Association, build_context, evt
+
+from clarinet_nb.dicom.association import (
+    Timeouts,
+    make_ae,
+    open_association,
+    release,
+    status_of,
+)
+from clarinet_nb.dicom.models import DicomNode, StorageConfig, StorageMode
+from clarinet_nb.dicom.paths import instance_path
+from clarinet_nb.errors import DicomError
+
+__all__ = ["Locator", "StorageHandler", "Tally"]
+
+logger = logging.getLogger("clarinet_nb")
+
+#: SOP Instance UID -> (Study Instance UID, Series Instance UID), from the pre-query.
+Locator = Callable[[str], tuple[str, str] | None]
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass
+class Tally:
+    """What a handler received; guarded by ``lock`` (SCP threads may run concurrently)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    received: dict[str, None] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
+    datasets: list[Dataset] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)
+    bytes_received: int = 0
+
+
+class _Sink(Protocol):
+    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+        """Keep one instance, updating ``tally``; raise to fail the sub-operation."""
+
+    def close(self, tally: Tally) -> None:
+        """Finish pending work (FORWARD)."""
+
+
+class DiskSink:
+    """Write ``{root}/{study}/{series}/{sop}.dcm`` with the bytes as received."""
+
+    def __init__(self, root: Path, locator: Locator | None, overwrite: bool) -> None:
+        self.root = root
+        self.locator = locator
+        self.overwrite = overwrite
+
+    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+        located = self.locator(sop_uid) if self.locator else None
+        if located is None:
+            located = _read_location(event)
+        path = instance_path(self.root, located[0], located[1], sop_uid)
+        if self.overwrite or not path.exists():
+            _write_atomically(path, event)
+        with tally.lock:
+            tally.paths.append(path)
+
+    def close(self, tally: Tally) -> None:
+        return None
+
+
+def _read_location(event: evt.Event) -> tuple[str, str]:
+    """Study and series UIDs read from the received bytes, stopping early."""
+    syntax = UID(event.context.transfer_syntax)
+    if syntax.is_deflated:
+        ds = event.dataset
+    else:
+        ds = read_dataset(
+            BytesIO(event.request.DataSet.getvalue()),
+            is_implicit_VR=syntax.is_implicit_VR,
+            is_little_endian=syntax.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > 0x0020000E,
+        )
+    return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+
+
+def _write_atomically(path: Path, event: evt.Event) -> None:
+    """Write preamble, file meta and the raw dataset to a temp name, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(b"\x00" * 128 + b"DICM")
+            meta = BytesIO()
+            write_file_meta_info(meta, event.file_meta, enforce_standard=True)  # type: ignore[arg-type]
+            fh.write(meta.getbuffer())
+            fh.write(event.request.DataSet.getbuffer())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class MemorySink:
+    """Decode each instance into a pydicom Dataset (with ``file_meta``)."""
+
+    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        with tally.lock:
+            tally.datasets.append(ds)
+
+    def close(self, tally: Tally) -> None:
+        return None
+
+
+class ForwardSink:
+    """C-STORE each instance to another node, from a worker thread."""
+
+    def __init__(self, node: DicomNode, calling_aet: str, timeouts: Timeouts, max_pdu: int) -> None:
+        self.node = node
+        self.calling_aet = calling_aet
+        self.timeouts = timeouts
+        self.max_pdu = max_pdu
+        self.queue: queue.Queue[tuple[str, Dataset] | None] = queue.Queue(maxsize=64)
+        self.tally: Tally | None = None
+        self.thread: threading.Thread | None = None
+
+    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+        if self.thread is None:
+            self.tally = tally
+            self.thread = threading.Thread(target=self._run, name="clarinet-forward", daemon=True)
+            self.thread.start()
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.queue.put((sop_uid, ds))
+
+    def close(self, tally: Tally) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        tally = self.tally
+        assert tally is not None
+        ae: AE = make_ae(self.calling_aet, self.timeouts)
+        assoc: Association | None = None
+        negotiated: set[tuple[str, str]] = set()
+        while (item := self.queue.get()) is not None:
+            sop_uid, ds = item
+            key = (str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+            try:
+                if assoc is None or not assoc.is_established or key not in negotiated:
+                    if assoc is not None:
+                        release(assoc)
+                    negotiated.add(key)
+                    contexts = [build_context(cls, ts) for cls, ts in sorted(negotiated)]
+                    assoc = open_association(
+                        ae, self.node, contexts=contexts[-127:], max_pdu=self.max_pdu,
+                        purpose="forward",
+                    )
+                status = status_of(assoc.send_c_store(ds))
+                if status is None or (status & 0xF000) not in (0x0000, 0xB000):
+                    raise DicomError(f"forward C-STORE status {status}")
+                with tally.lock:
+                    tally.forwarded.append(sop_uid)
+            except DicomError as exc:
+                logger.warning("forwarding one instance to %s failed: %s", self.node, exc)
+                with tally.lock:
+                    tally.failed[sop_uid] = f"forward failed: {exc}"
+                if assoc is not None and not assoc.is_established:
+                    assoc = None
+        if assoc is not None:
+            release(assoc)
+
+
+class StorageHandler:
+    """EVT_C_STORE handler: hands each instance to the mode's sink, keeps the tally."""
+
+    def __init__(
+        self,
+        storage: StorageConfig,
+        *,
+        locator: Locator | None = None,
+        calling_aet: str = "CLARINET",
+        timeouts: Timeouts | None = None,
+        max_pdu: int = 16384,
+        on_received: Callable[[int], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.tally = Tally()
+        self.on_received = on_received
+        self.sink: _Sink
+        if storage.mode is StorageMode.DISK:
+            assert storage.output_dir is not None
+            self.sink = DiskSink(Path(storage.output_dir), locator, storage.overwrite)
+        elif storage.mode is StorageMode.MEMORY:
+            self.sink = MemorySink()
+        else:
+            assert storage.forward_to is not None
+            self.sink = ForwardSink(storage.forward_to, calling_aet, timeouts or Timeouts(), max_pdu)
+
+    def __call__(self, event: evt.Event) -> int:
+        """Handle one C-STORE request; returns its status."""
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        size = len(event.request.DataSet.getbuffer()) if event.request.DataSet else 0
+        try:
+            self.sink.store(event, sop_uid, self.tally)
+        except OSError as exc:
+            logger.error("could not store a received instance: %s", exc)
+            self._fail(sop_uid, f"local storage failed: {exc}")
+            return OUT_OF_RESOURCES
+        except Exception as exc:  # noqa: BLE001 - a bad instance must not kill the pull
+            logger.error("could not handle a received instance: %s", exc)
+            self._fail(sop_uid, f"could not handle: {exc}")
+            return CANNOT_UNDERSTAND
+        with self.tally.lock:
+            self.tally.received[sop_uid] = None
+            self.tally.bytes_received += size
+        if self.on_received is not None:
+            self.on_received(1)
+        return SUCCESS
+
+    def _fail(self, sop_uid: str, reason: str) -> None:
+        with self.tally.lock:
+            self.tally.failed[sop_uid] = reason
+
+    def close(self) -> None:
+        """Finish pending work (waits for FORWARD to drain)."""
+        self.sink.close(self.tally)
+
+    def handlers(self) -> list[tuple[Any, Callable[[evt.Event], int]]]:
+        """``evt_handlers`` to bind this handler."""
+        return [(evt.EVT_C_STORE, self)]

@@ -1,0 +1,481 @@
+"""DicomOperations: the synchronous networking layer (C-ECHO, C-FIND, C-GET, C-MOVE).
+
+Every method opens its own association(s), does one job, and releases them,
+whatever happens.  Methods block; the async :class:`DicomClient` runs them in
+worker threads and cancels them through a :class:`CancelToken`, which makes
+them send C-CANCEL and, if the peer ignores it, abort.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydicom import Dataset
+from pynetdicom import build_context
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from clarinet_nb.dicom.association import (
+    ResponseWaiter,
+    Timeouts,
+    cancel_watch,
+    make_ae,
+    open_association,
+    release,
+    status_of,
+)
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.contexts import GetChunk, plan_get_chunks
+from clarinet_nb.dicom.handlers import StorageHandler
+from clarinet_nb.dicom.models import (
+    DicomNode,
+    RetrieveResult,
+    RetrieveStatus,
+    StorageConfig,
+)
+from clarinet_nb.dicom.plan import RetrievePlan
+from clarinet_nb.dicom.queries import AnyQuery, QueryLevel
+from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
+from clarinet_nb.dicom.results import names_look_emptied
+from clarinet_nb.dicom.scp import receiving
+from clarinet_nb.dicom.status import describe
+from clarinet_nb.dicom.values import check_ae_title
+from clarinet_nb.errors import (
+    AssociationRejectedError,
+    MoveDestinationUnknownError,
+    NotFoundError,
+    OperationError,
+    PartialRetrieveError,
+    QueryError,
+)
+
+__all__ = ["DicomOperations", "FindOutcome", "Progress"]
+
+logger = logging.getLogger("clarinet_nb")
+
+PENDING = (0xFF00, 0xFF01)
+CANCEL = 0xFE00
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+class Progress(Protocol):
+    """What we need of a progress bar (``tqdm`` fits)."""
+
+    total: float | None
+
+    def update(self, n: float = 1) -> bool | None:
+        """Advance by ``n``."""
+
+    def refresh(self) -> None:
+        """Redraw."""
+
+
+@dataclass
+class FindOutcome:
+    """The matches of one C-FIND and how it ended."""
+
+    datasets: list[Dataset] = field(default_factory=list)
+    status: int | None = None
+    truncated: bool = False
+    """The peer stopped early (Cancel status it was not asked for): more may match."""
+    cancelled: bool = False
+
+
+@dataclass
+class _Counters:
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    status: int | None = None
+    failed_uids: list[str] = field(default_factory=list)
+    associations: int = 0
+
+    def final(self, status: Dataset, identifier: Dataset | None) -> None:
+        self.status = status_of(status)
+        self.completed += int(status.get("NumberOfCompletedSuboperations", 0) or 0)
+        self.failed += int(status.get("NumberOfFailedSuboperations", 0) or 0)
+        self.warning += int(status.get("NumberOfWarningSuboperations", 0) or 0)
+        if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+            value = identifier.FailedSOPInstanceUIDList
+            uids = [value] if isinstance(value, str) else list(value or [])
+            self.failed_uids += [str(u) for u in uids if u]
+
+
+class DicomOperations:
+    """Synchronous DICOM networking with one calling AE and one set of timeouts."""
+
+    def __init__(
+        self,
+        calling_aet: str = "CLARINET",
+        *,
+        max_pdu: int = 16384,
+        timeouts: Timeouts | None = None,
+        scp_port: int = 11112,
+        scp_ip: str | None = None,
+    ) -> None:
+        self.calling_aet = check_ae_title(calling_aet)
+        self.max_pdu = max_pdu
+        self.timeouts = timeouts or Timeouts()
+        self.scp_port = scp_port
+        self.scp_ip = scp_ip
+
+    # -- C-ECHO ---------------------------------------------------------------------------
+
+    def echo(self, peer: DicomNode) -> None:
+        """C-ECHO ``peer``; raises a DicomError unless it answers Success."""
+        ae = make_ae(self.calling_aet, self.timeouts)
+        assoc = open_association(
+            ae, peer, contexts=[build_context(Verification)], max_pdu=self.max_pdu, purpose="C-ECHO"
+        )
+        try:
+            code = status_of(assoc.send_c_echo())
+            if code is None:
+                raise ResponseWaiter(assoc, self.timeouts.dimse, peer).failure("C-ECHO")
+            if code != 0x0000:
+                raise OperationError(f"{peer} answered C-ECHO with {describe(code)}", status=code)
+        finally:
+            release(assoc)
+
+    # -- C-FIND ---------------------------------------------------------------------------
+
+    def find(
+        self,
+        query: AnyQuery,
+        peer: DicomNode,
+        *,
+        cancel: CancelToken | None = None,
+        on_match: Callable[[Dataset], None] | None = None,
+    ) -> FindOutcome:
+        """C-FIND ``query`` on ``peer``; returns every match and how the query ended."""
+        identifier = query.to_dataset()
+        model = (
+            PatientRootQueryRetrieveInformationModelFind
+            if query.level is QueryLevel.PATIENT
+            else StudyRootQueryRetrieveInformationModelFind
+        )
+        ae = make_ae(self.calling_aet, self.timeouts)
+        assoc = open_association(
+            ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-FIND"
+        )
+        outcome = FindOutcome()
+        waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
+        emptied = 0
+        try:
+            _require_context(assoc, str(model), peer, "C-FIND")
+            responses = assoc.send_c_find(identifier, model, msg_id=1)
+            with cancel_watch(
+                assoc, cancel, msg_id=1, context_id=None, grace=self.timeouts.cancel
+            ) as cancel_sent:
+                for status, match in responses:
+                    waiter.touch()
+                    code = status_of(status)
+                    if code is None:
+                        if cancel_sent.is_set():
+                            outcome.cancelled = True
+                            break
+                        raise waiter.failure("C-FIND")
+                    if code in PENDING:
+                        if match is not None:
+                            emptied += names_look_emptied(match)
+                            outcome.datasets.append(match)
+                            if on_match is not None:
+                                on_match(match)
+                        continue
+                    outcome.status = code
+                    if code == CANCEL:
+                        outcome.cancelled = cancel_sent.is_set()
+                        outcome.truncated = not outcome.cancelled
+                    elif code != 0x0000:
+                        raise QueryError(
+                            f"{peer} ended the {query.level.value} C-FIND with {describe(code)} "
+                            f"after {len(outcome.datasets)} match(es)",
+                            status=code,
+                        )
+        finally:
+            release(assoc)
+        if outcome.truncated:
+            logger.warning(
+                "%s stopped the %s C-FIND after %d matches (a result limit): "
+                "more studies may match; narrow the query",
+                peer, query.level.value, len(outcome.datasets),
+            )
+        if emptied:
+            logger.warning(
+                "%d match(es) from %s have person names reduced to '^' separators: the peer "
+                "answered in a character set that cannot carry them (Orthanc: set "
+                "DefaultEncoding to Utf8)",
+                emptied, peer,
+            )
+        return outcome
+
+    # -- C-GET / C-MOVE -------------------------------------------------------------------
+
+    def plan(self, request: RetrieveRequest, peer: DicomNode,
+             cancel: CancelToken | None = None) -> RetrievePlan:
+        """Ask ``peer`` which instances ``request`` covers (IMAGE level C-FIND)."""
+        query = request.pre_query().model_copy(update={"return_keys": ("SOPClassUID",)})
+        outcome = self.find(query, peer, cancel=cancel)
+        return RetrievePlan.from_datasets(outcome.datasets)
+
+    def retrieve(
+        self,
+        method: Literal["get", "move"],
+        request: RetrieveRequest,
+        peer: DicomNode,
+        storage: StorageConfig,
+        *,
+        cancel: CancelToken | None = None,
+        progress: Progress | None = None,
+        query_first: bool = True,
+        raise_on_error: bool = True,
+    ) -> RetrieveResult:
+        """C-GET or C-MOVE ``request`` from ``peer`` into ``storage``.
+
+        With ``query_first`` (default) an IMAGE level C-FIND first lists what
+        will come: C-GET then negotiates exactly the SOP classes present, and the
+        result names every instance that did not arrive.  Raises NotFoundError
+        when nothing matches and PartialRetrieveError when anything failed or is
+        missing (its ``result`` lists what arrived); a cancelled retrieve
+        returns a result with status CANCELLED.
+        """
+        started = time.monotonic()
+        plan: RetrievePlan | None = None
+        if query_first:
+            plan = self.plan(request, peer, cancel)
+            if not plan.instances:
+                result = self._result(method, request, peer, None, None, None, started)
+                raise NotFoundError(f"nothing on {peer} matches the {method} request", result=result)
+            if request.study_uid is None and request.level is not QueryLevel.STUDY:
+                studies = {i.study_uid for i in plan.instances}
+                series = {i.series_uid for i in plan.instances}
+                if len(studies) == 1 and (len(series) == 1 or request.level is QueryLevel.SERIES):
+                    request = RetrieveRequest(
+                        request.level, study_uid=studies.pop(),
+                        series_uid=request.series_uid or (series.pop() if len(series) == 1 else None),
+                        sop_uids=request.sop_uids,
+                    )
+            if progress is not None:
+                progress.total = len(plan)
+                progress.refresh()
+        handler = StorageHandler(
+            storage,
+            locator=plan.locate if plan else None,
+            calling_aet=self.calling_aet,
+            timeouts=self.timeouts,
+            max_pdu=self.max_pdu,
+            on_received=progress.update if progress is not None else None,
+        )
+        counters = _Counters()
+        try:
+            if method == "get":
+                self._get(request, peer, plan, handler, counters, cancel)
+            else:
+                self._move(request, peer, plan, handler, counters, cancel)
+        finally:
+            handler.close()
+        result = self._result(method, request, peer, plan, handler, counters, started, cancel)
+        logger.info("%s from %s: %s", method.upper(), peer, result.summary())
+        if raise_on_error:
+            _raise_for(result, peer, self.calling_aet, self.scp_port)
+        return result
+
+    def _get(self, request: RetrieveRequest, peer: DicomNode, plan: RetrievePlan | None,
+             handler: StorageHandler, counters: _Counters, cancel: CancelToken | None) -> None:
+        if plan is not None and plan.classes_known:
+            chunks = plan_get_chunks(plan.sop_classes)
+        else:
+            chunks = [_fallback_chunk()]
+        ae = make_ae(self.calling_aet, self.timeouts)
+        msg_id = 0
+        for chunk in chunks:
+            if cancel is not None and cancel.cancelled:
+                return
+            assoc = open_association(
+                ae, peer, contexts=chunk.contexts, ext_neg=chunk.roles(),
+                evt_handlers=handler.handlers(), max_pdu=self.max_pdu, purpose="C-GET",
+            )
+            counters.associations += 1
+            try:
+                model = str(StudyRootQueryRetrieveInformationModelGet)
+                _require_context(assoc, model, peer, "C-GET")
+                identifiers = self._get_identifiers(assoc, request, plan, chunk, len(chunks), handler)
+                for identifier in identifiers:
+                    msg_id += 1
+                    responses = assoc.send_c_get(identifier, model, msg_id=msg_id)
+                    self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-GET")
+                    if cancel is not None and cancel.cancelled:
+                        return
+            finally:
+                release(assoc)
+
+    def _get_identifiers(self, assoc: Association, request: RetrieveRequest,
+                         plan: RetrievePlan | None, chunk: GetChunk, n_chunks: int,
+                         handler: StorageHandler) -> list[Dataset]:
+        """C-GET identifiers for one association: the request itself when it can
+        carry everything, else per-series instance lists of what was negotiated."""
+        if plan is None:
+            return [request.identifier()]
+        accepted = {
+            str(cx.abstract_syntax) for cx in assoc.accepted_contexts
+            if cx.as_scp and str(cx.abstract_syntax) in chunk.sop_classes
+        }
+        refused = [uid for uid in chunk.sop_classes if uid not in accepted]
+        for inst in plan.of_classes(refused):
+            handler.tally.failed[inst.sop_uid] = (
+                f"{peer_name(assoc)} refused storage of SOP class {inst.sop_class_uid}"
+            )
+        if refused:
+            logger.warning("the peer refused C-GET storage contexts for %d SOP class(es): %s",
+                           len(refused), ", ".join(refused))
+        if n_chunks == 1 and not refused:
+            return [request.identifier()]
+        return [
+            image_identifier(study, series, sops[i:i + 500])
+            for (study, series), sops in plan.by_series(accepted).items()
+            for i in range(0, len(sops), 500)
+        ]
+
+    def _move(self, request: RetrieveRequest, peer: DicomNode, plan: RetrievePlan | None,
+              handler: StorageHandler, counters: _Counters, cancel: CancelToken | None) -> None:
+        expected = frozenset(plan.sop_uids) if plan is not None else None
+        extra = frozenset(plan.sop_classes) if plan is not None else frozenset()
+        with receiving(
+            handler, aet=self.calling_aet, port=self.scp_port, ip=self.scp_ip,
+            max_pdu=self.max_pdu, timeouts=self.timeouts, expected=expected, extra_classes=extra,
+        ):
+            ae = make_ae(self.calling_aet, self.timeouts)
+            model = str(StudyRootQueryRetrieveInformationModelMove)
+            assoc = open_association(
+                ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-MOVE"
+            )
+            counters.associations += 1
+            try:
+                _require_context(assoc, model, peer, "C-MOVE")
+                responses = assoc.send_c_move(request.identifier(), self.calling_aet, model, msg_id=1)
+                self._consume(assoc, responses, counters, cancel, 1, peer, "C-MOVE")
+            finally:
+                release(assoc)
+
+    def _consume(self, assoc: Association, responses: Iterator[tuple[Dataset, Dataset | None]],
+                 counters: _Counters, cancel: CancelToken | None, msg_id: int,
+                 peer: DicomNode, what: str) -> None:
+        waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
+        with cancel_watch(assoc, cancel, msg_id=msg_id, context_id=None,
+                          grace=self.timeouts.cancel) as cancel_sent:
+            for status, identifier in responses:
+                waiter.touch()
+                code = status_of(status)
+                if code is None:
+                    if cancel_sent.is_set():
+                        return
+                    raise waiter.failure(what)
+                if code in PENDING:
+                    continue
+                counters.final(status, identifier)
+                return
+
+    def _result(self, method: Literal["get", "move"], request: RetrieveRequest, peer: DicomNode,
+                plan: RetrievePlan | None, handler: StorageHandler | None,
+                counters: _Counters | None, started: float,
+                cancel: CancelToken | None = None) -> RetrieveResult:
+        counters = counters or _Counters()
+        tally = handler.tally if handler else None
+        received = list(tally.received) if tally else []
+        got = set(received)
+        failed = list(dict.fromkeys([*counters.failed_uids, *(tally.failed if tally else {})]))
+        failed = [u for u in failed if u not in got]
+        if plan is not None:
+            expected: int | None = len(plan)
+            missing = [u for u in plan.sop_uids if u not in got and u not in set(failed)]
+        else:
+            peer_total = counters.completed + counters.failed + counters.warning
+            expected = peer_total if counters.status is not None else None
+            missing = []
+        short = expected is not None and len(got) < expected
+        if cancel is not None and cancel.cancelled:
+            status = RetrieveStatus.CANCELLED
+        elif expected == 0 and not got:
+            status = RetrieveStatus.NOT_FOUND
+        elif not failed and not missing and not short and counters.status in (0x0000, 0xB000):
+            status = RetrieveStatus.SUCCESS if not counters.failed else RetrieveStatus.PARTIAL
+        elif got:
+            status = RetrieveStatus.PARTIAL
+        else:
+            status = RetrieveStatus.FAILED
+        return RetrieveResult(
+            method=method,
+            level=request.level,
+            peer=str(peer),
+            status=status,
+            dimse_status=counters.status,
+            expected=expected,
+            received=len(got),
+            completed=counters.completed,
+            failed=counters.failed,
+            warning=counters.warning,
+            failed_sop_instance_uids=failed,
+            missing_sop_instance_uids=missing,
+            received_sop_instance_uids=received,
+            paths=list(tally.paths) if tally else [],
+            datasets=list(tally.datasets) if tally else [],
+            forwarded_sop_instance_uids=list(tally.forwarded) if tally else [],
+            bytes_received=tally.bytes_received if tally else 0,
+            elapsed=time.monotonic() - started,
+            associations=counters.associations,
+            message=describe(counters.status) if counters.status is not None else "",
+        )
+
+
+def peer_name(assoc: Association) -> str:
+    """The peer's AE title, for messages."""
+    return str(getattr(assoc.acceptor, "ae_title", "the peer")).strip() or "the peer"
+
+
+def _require_context(assoc: Association, abstract_syntax: str, peer: DicomNode, what: str) -> None:
+    if not any(str(cx.abstract_syntax) == abstract_syntax for cx in assoc.accepted_contexts):
+        release(assoc)
+        raise AssociationRejectedError(
+            f"{peer} accepted the association but not the {what} service "
+            f"({abstract_syntax}); it may not allow {what} for our AE title"
+        )
+
+
+def _fallback_chunk() -> GetChunk:
+    """Common storage classes, uncompressed, when the peer did not list SOP classes."""
+    qr = build_context(StudyRootQueryRetrieveInformationModelGet)
+    contexts: list[PresentationContext] = list(StoragePresentationContexts[:127])
+    classes = tuple(str(cx.abstract_syntax) for cx in contexts)
+    return GetChunk(sop_classes=classes, contexts=(qr, *contexts))
+
+
+def _raise_for(result: RetrieveResult, peer: DicomNode, aet: str, port: int) -> None:
+    if result.status in (RetrieveStatus.SUCCESS, RetrieveStatus.CANCELLED):
+        return
+    if result.dimse_status == MOVE_DESTINATION_UNKNOWN:
+        raise MoveDestinationUnknownError(
+            f"{peer} does not know the C-MOVE destination {aet!r} ({result.message}). "
+            f"Register it on the PACS: AE title {aet}, this machine's address, port {port} "
+            "(settings dicom_aet / dicom_port; Orthanc: DicomModalities, dcmqrscp: HostTable), "
+            "or retrieve with C-GET instead.",
+            result=result,
+        )
+    if result.status is RetrieveStatus.NOT_FOUND:
+        raise NotFoundError(
+            f"nothing on {peer} matched the {result.method} request", result=result
+        )
+    raise PartialRetrieveError(
+        f"{result.method.upper()} from {peer} incomplete: {result.summary()}; "
+        f"peer status: {result.message or 'none'}",
+        result=result,
+    )

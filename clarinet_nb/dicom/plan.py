@@ -1,0 +1,87 @@
+"""Retrieval plans: what an IMAGE level pre-query says a retrieve will bring."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydicom import Dataset
+
+__all__ = ["PlannedInstance", "RetrievePlan"]
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """One instance the peer said it holds."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+@dataclass
+class RetrievePlan:
+    """The instances a retrieve should bring, from the pre-query."""
+
+    instances: list[PlannedInstance] = field(default_factory=list)
+
+    @classmethod
+    def from_datasets(cls, rows: Iterable[Dataset]) -> RetrievePlan:
+        """Build from IMAGE level C-FIND responses (duplicates dropped)."""
+        seen: dict[str, PlannedInstance] = {}
+        for ds in rows:
+            sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+            if not sop or sop in seen:
+                continue
+            seen[sop] = PlannedInstance(
+                study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
+                series_uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
+                sop_uid=sop,
+                sop_class_uid=str(ds.get("SOPClassUID", "") or "").strip(),
+            )
+        return cls(list(seen.values()))
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    @property
+    def sop_uids(self) -> list[str]:
+        """Expected SOP Instance UIDs, in query order."""
+        return [i.sop_uid for i in self.instances]
+
+    @property
+    def sop_classes(self) -> list[str]:
+        """SOP classes present (in order of first appearance)."""
+        return list(dict.fromkeys(i.sop_class_uid for i in self.instances if i.sop_class_uid))
+
+    @property
+    def classes_known(self) -> bool:
+        """True when the peer told us the SOP class of every instance."""
+        return all(i.sop_class_uid for i in self.instances)
+
+    def locate(self, sop_uid: str) -> tuple[str, str] | None:
+        """(study, series) of an expected instance, for file paths."""
+        found = self._index.get(sop_uid)
+        return (found.study_uid, found.series_uid) if found else None
+
+    @property
+    def _index(self) -> dict[str, PlannedInstance]:
+        if not hasattr(self, "_cache"):
+            self._cache = {i.sop_uid: i for i in self.instances}
+        return self._cache
+
+    def by_series(self, classes: Iterable[str]) -> dict[tuple[str, str], list[str]]:
+        """SOP UIDs of the given classes grouped by (study, series)."""
+        wanted = set(classes)
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for inst in self.instances:
+            if inst.sop_class_uid in wanted:
+                groups[(inst.study_uid, inst.series_uid)].append(inst.sop_uid)
+        return dict(groups)
+
+    def of_classes(self, classes: Iterable[str]) -> list[PlannedInstance]:
+        """The planned instances whose class is in ``classes``."""
+        wanted = set(classes)
+        return [i for i in self.instances if i.sop_class_uid in wanted]

@@ -1,0 +1,297 @@
+"""Query models: what to look for at each Query/Retrieve level.
+
+Fields are snake_case; each maps to one DICOM keyword.  ``None`` means "return
+this attribute but do not match on it".  Strings may use the wildcards ``*`` and
+``?`` where the standard allows them (not on UIDs, dates or numbers).  Dates
+take a ``date``, ``"YYYYMMDD"``/``"YYYY-MM-DD"`` or a range ``(start, end)``
+where either end may be ``None``.  UID fields take one UID or a list (UID list
+matching).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BeforeValidator, ConfigDict, field_validator, model_validator
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, keyword_dict
+
+from clarinet_nb.dicom.base import StrictModel
+from clarinet_nb.dicom.values import check_uid, format_da, parse_dicom_date
+from clarinet_nb.errors import InvalidInputError
+
+__all__ = [
+    "DateRange",
+    "ImageQuery",
+    "PatientQuery",
+    "QueryLevel",
+    "SeriesQuery",
+    "StudyQuery",
+]
+
+
+class QueryLevel(StrEnum):
+    """Query/Retrieve level (``QueryRetrieveLevel``)."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+class DateRange(StrictModel):
+    """An inclusive date range; either end may be open (``None``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        if self.start is None and self.end is None:
+            raise InvalidInputError("a date range needs at least one end")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise InvalidInputError(
+                f"impossible date range: start {self.start} is after end {self.end}"
+            )
+        return self
+
+    def to_dicom(self) -> str:
+        """Format as DICOM range matching, e.g. ``20200101-20201231``."""
+        start = format_da(self.start) if self.start else ""
+        end = format_da(self.end) if self.end else ""
+        return f"{start}-{end}"
+
+
+def _coerce_date(value: Any) -> Any:
+    """Accept date, 'YYYYMMDD', 'YYYY-MM-DD', 'A-B' strings and (start, end) pairs."""
+    if value is None or isinstance(value, DateRange):
+        return value
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise InvalidInputError(f"a date range is a (start, end) pair, got {value!r}")
+        start, end = (None if v in (None, "") else parse_dicom_date(v) for v in value)
+        return DateRange(start=start, end=end)
+    if isinstance(value, str) and "-" in value.strip() and not _looks_iso(value.strip()):
+        start_s, _, end_s = value.strip().partition("-")
+        return DateRange(
+            start=parse_dicom_date(start_s) if start_s else None,
+            end=parse_dicom_date(end_s) if end_s else None,
+        )
+    if isinstance(value, dict):
+        return DateRange(**value)
+    return parse_dicom_date(value)
+
+
+def _looks_iso(text: str) -> bool:
+    return len(text) == 10 and text[4] == "-" and text[7] == "-"
+
+
+def _coerce_uids(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return check_uid(value)
+    if isinstance(value, Sequence):
+        uids = tuple(check_uid(v) for v in value)
+        if not uids:
+            raise InvalidInputError("an empty list of UIDs matches nothing")
+        return uids if len(uids) > 1 else uids[0]
+    raise InvalidInputError(f"expected a UID or a list of UIDs, got {type(value).__name__}")
+
+
+def _coerce_text(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"expected a string, got {type(value).__name__}")
+    if "\\" in value:
+        raise InvalidInputError(f"{value!r}: backslash is not allowed in a matching key")
+    return value
+
+
+def _coerce_text_list(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _coerce_text(value)
+    if isinstance(value, Sequence):
+        items = tuple(_coerce_text(v) for v in value)
+        return items if len(items) > 1 else (items[0] if items else None)
+    raise InvalidInputError(f"expected a string or list of strings, got {type(value).__name__}")
+
+
+DateMatch = Annotated[dt.date | DateRange | None, BeforeValidator(_coerce_date)]
+UIDMatch = Annotated[str | tuple[str, ...] | None, BeforeValidator(_coerce_uids)]
+TextMatch = Annotated[str | None, BeforeValidator(_coerce_text)]
+TextListMatch = Annotated[str | tuple[str, ...] | None, BeforeValidator(_coerce_text_list)]
+
+
+class _Query(StrictModel):
+    """Shared behaviour: building the C-FIND identifier."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    level: ClassVar[QueryLevel]
+    #: snake_case field -> DICOM keyword
+    keywords: ClassVar[dict[str, str]]
+    #: attributes always asked back at this level, besides the fields
+    default_return_keys: ClassVar[tuple[str, ...]] = ()
+
+    return_keys: tuple[str, ...] = ()
+    """Extra DICOM keywords to ask the peer to return."""
+
+    @field_validator("return_keys", mode="before")
+    @classmethod
+    def _known_keywords(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = (value,)
+        for keyword in value or ():
+            if keyword not in keyword_dict:
+                raise InvalidInputError(f"{keyword!r} is not a DICOM keyword")
+        return tuple(value or ())
+
+    def matching(self) -> dict[str, Any]:
+        """Return the fields that constrain the query, keyed by DICOM keyword."""
+        out: dict[str, Any] = {}
+        for name, keyword in self.keywords.items():
+            value = getattr(self, name)
+            if value is not None:
+                out[keyword] = value
+        return out
+
+    def to_dataset(self) -> Dataset:
+        """Build the C-FIND identifier for this query."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = self.level.value
+        keywords = list(self.keywords.values()) + list(self.default_return_keys)
+        keywords += list(self.return_keys)
+        needs_utf8 = False
+        for keyword in dict.fromkeys(keywords):
+            setattr(ds, keyword, "" if dictionary_VR(keyword) != "SQ" else [])
+        for keyword, value in self.matching().items():
+            encoded = _encode(keyword, value)
+            needs_utf8 |= not encoded.isascii()
+            setattr(ds, keyword, encoded)
+        if needs_utf8:
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        return ds
+
+
+def _encode(keyword: str, value: Any) -> str:
+    if isinstance(value, DateRange):
+        return value.to_dicom()
+    if isinstance(value, dt.date):
+        return format_da(value)
+    if isinstance(value, tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+class PatientQuery(_Query):
+    """PATIENT level query."""
+
+    level: ClassVar[QueryLevel] = QueryLevel.PATIENT
+    keywords: ClassVar[dict[str, str]] = {
+        "patient_id": "PatientID",
+        "patient_name": "PatientName",
+        "patient_birth_date": "PatientBirthDate",
+        "patient_sex": "PatientSex",
+    }
+    default_return_keys: ClassVar[tuple[str, ...]] = (
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedSeries",
+        "NumberOfPatientRelatedInstances",
+    )
+
+    patient_id: TextMatch = None
+    patient_name: TextMatch = None
+    patient_birth_date: DateMatch = None
+    patient_sex: TextMatch = None
+
+
+class StudyQuery(_Query):
+    """STUDY level query (Study Root)."""
+
+    level: ClassVar[QueryLevel] = QueryLevel.STUDY
+    keywords: ClassVar[dict[str, str]] = {
+        "patient_id": "PatientID",
+        "patient_name": "PatientName",
+        "patient_birth_date": "PatientBirthDate",
+        "patient_sex": "PatientSex",
+        "study_instance_uid": "StudyInstanceUID",
+        "study_date": "StudyDate",
+        "study_time": "StudyTime",
+        "accession_number": "AccessionNumber",
+        "study_id": "StudyID",
+        "study_description": "StudyDescription",
+        "modalities_in_study": "ModalitiesInStudy",
+        "referring_physician_name": "ReferringPhysicianName",
+    }
+    default_return_keys: ClassVar[tuple[str, ...]] = (
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    )
+
+    patient_id: TextMatch = None
+    patient_name: TextMatch = None
+    patient_birth_date: DateMatch = None
+    patient_sex: TextMatch = None
+    study_instance_uid: UIDMatch = None
+    study_date: DateMatch = None
+    study_time: TextMatch = None
+    accession_number: TextMatch = None
+    study_id: TextMatch = None
+    study_description: TextMatch = None
+    modalities_in_study: TextListMatch = None
+    referring_physician_name: TextMatch = None
+
+
+class SeriesQuery(_Query):
+    """SERIES level query; give ``study_instance_uid`` for strictly hierarchical peers."""
+
+    level: ClassVar[QueryLevel] = QueryLevel.SERIES
+    keywords: ClassVar[dict[str, str]] = {
+        "study_instance_uid": "StudyInstanceUID",
+        "series_instance_uid": "SeriesInstanceUID",
+        "modality": "Modality",
+        "series_number": "SeriesNumber",
+        "series_description": "SeriesDescription",
+        "series_date": "SeriesDate",
+        "body_part_examined": "BodyPartExamined",
+    }
+    default_return_keys: ClassVar[tuple[str, ...]] = ("NumberOfSeriesRelatedInstances",)
+
+    study_instance_uid: UIDMatch = None
+    series_instance_uid: UIDMatch = None
+    modality: TextListMatch = None
+    series_number: int | None = None
+    series_description: TextMatch = None
+    series_date: DateMatch = None
+    body_part_examined: TextMatch = None
+
+
+class ImageQuery(_Query):
+    """IMAGE (instance) level query; give the study and series UIDs for hierarchical peers."""
+
+    level: ClassVar[QueryLevel] = QueryLevel.IMAGE
+    keywords: ClassVar[dict[str, str]] = {
+        "study_instance_uid": "StudyInstanceUID",
+        "series_instance_uid": "SeriesInstanceUID",
+        "sop_instance_uid": "SOPInstanceUID",
+        "sop_class_uid": "SOPClassUID",
+        "instance_number": "InstanceNumber",
+    }
+
+    study_instance_uid: UIDMatch = None
+    series_instance_uid: UIDMatch = None
+    sop_instance_uid: UIDMatch = None
+    sop_class_uid: UIDMatch = None
+    instance_number: int | None = None
+
+
+AnyQuery = PatientQuery | StudyQuery | SeriesQuery | ImageQuery

@@ -1,0 +1,116 @@
+"""The exception hierarchy of clarinet_nb.
+
+One base class, :class:`DicomError`, and a short tree grouped by cause::
+
+    DicomError
+    ├── InvalidInputError          bad input, refused before any network traffic
+    ├── NetworkError               the conversation with the peer broke down
+    │   ├── PeerUnreachableError
+    │   ├── AssociationRejectedError
+    │   ├── AssociationAbortedError
+    │   ├── DicomTimeoutError
+    │   └── LocalPortError
+    └── OperationError             the peer answered, but not with success
+        ├── QueryError
+        └── RetrieveError          carries the RetrieveResult of what did arrive
+            ├── NotFoundError
+            ├── MoveDestinationUnknownError
+            └── PartialRetrieveError
+
+pynetdicom's outcomes are translated to these classes in one place,
+``clarinet_nb.dicom.association``; nothing else raises pynetdicom's errors at you.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clarinet_nb.dicom.models import RetrieveResult
+
+__all__ = [
+    "AssociationAbortedError",
+    "AssociationRejectedError",
+    "DicomError",
+    "DicomTimeoutError",
+    "InvalidInputError",
+    "LocalPortError",
+    "MoveDestinationUnknownError",
+    "NetworkError",
+    "NotFoundError",
+    "OperationError",
+    "PartialRetrieveError",
+    "PeerUnreachableError",
+    "QueryError",
+    "RetrieveError",
+]
+
+
+class DicomError(Exception):
+    """Base class of every error clarinet_nb raises."""
+
+
+class InvalidInputError(DicomError, ValueError):
+    """The request is invalid (UID, AE title, date range...); nothing was sent."""
+
+
+class NetworkError(DicomError):
+    """The network conversation with a DICOM peer failed."""
+
+
+class PeerUnreachableError(NetworkError):
+    """No TCP connection could be made to the peer (closed port, unknown host)."""
+
+
+class AssociationRejectedError(NetworkError):
+    """The peer refused the association (called/calling AE title, no service)."""
+
+    def __init__(self, message: str, *, result: int = 0, source: int = 0, reason: int = 0):
+        super().__init__(message)
+        self.result = result
+        self.source = source
+        self.reason = reason
+
+
+class AssociationAbortedError(NetworkError):
+    """The association was aborted, or the connection dropped, mid-operation."""
+
+
+class DicomTimeoutError(NetworkError, TimeoutError):
+    """A configured timeout (connect, ACSE, DIMSE, network) expired."""
+
+
+class LocalPortError(NetworkError):
+    """Our own Storage SCP could not listen on its port (in use, no permission)."""
+
+
+class OperationError(DicomError):
+    """The peer answered a request with a failure status."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class QueryError(OperationError):
+    """A C-FIND ended with a failure status."""
+
+
+class RetrieveError(OperationError):
+    """A C-GET or C-MOVE did not deliver everything; ``result`` says what did."""
+
+    def __init__(self, message: str, *, result: RetrieveResult, status: int | None = None):
+        super().__init__(message, status=status if status is not None else result.dimse_status)
+        self.result = result
+
+
+class NotFoundError(RetrieveError):
+    """Nothing on the peer matched the retrieve request."""
+
+
+class MoveDestinationUnknownError(RetrieveError):
+    """The PACS does not know our AE title as a C-MOVE destination."""
+
+
+class PartialRetrieveError(RetrieveError):
+    """Some instances failed or are missing; ``result`` lists what arrived and what not."""

@@ -1,0 +1,54 @@
+"""Settings read from the environment (prefix ``CLARINET_``) or a ``.env`` file.
+
+Every field can be overridden with an environment variable named after it,
+for example ``CLARINET_PACS_HOST=pacs.example.org`` or ``CLARINET_DIMSE_TIMEOUT=120``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "settings"]
+
+
+class Settings(BaseSettings):
+    """Local DICOM identity, the default PACS, timeouts and limits."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLARINET_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Our own Application Entity (calling AE title; Storage SCP for C-MOVE).
+    dicom_aet: str = Field("CLARINET", description="Our AE title (calling AET, move destination).")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="Port of our Storage SCP for C-MOVE.")
+    dicom_ip: str | None = Field(
+        None, description="Address our Storage SCP binds to (None: all interfaces)."
+    )
+    dicom_max_pdu: int = Field(
+        16384, ge=0, description="Max PDU we announce, sending and receiving (0 = unlimited)."
+    )
+
+    # The default PACS.
+    pacs_aet: str = Field("ORTHANC", description="Called AE title of the default PACS.")
+    pacs_host: str = Field("localhost", description="Host name or address of the default PACS.")
+    pacs_port: int = Field(4242, ge=1, le=65535, description="DICOM port of the default PACS.")
+
+    # Timeouts, in seconds.
+    connect_timeout: float = Field(10.0, gt=0, description="TCP connection to the peer.")
+    acse_timeout: float = Field(30.0, gt=0, description="Association negotiation and release.")
+    dimse_timeout: float = Field(
+        120.0, gt=0, description="Waiting for one DIMSE response or sub-operation."
+    )
+    network_timeout: float = Field(120.0, gt=0, description="Idle network connection.")
+    cancel_timeout: float = Field(
+        10.0, gt=0, description="Waiting for the peer to honour C-CANCEL before aborting."
+    )
+
+    # Limits.
+    max_associations: int = Field(
+        4, ge=1, le=64, description="Concurrent associations one client opens at most."
+    )
+
+
+settings = Settings()
