@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import AE, Association, _config, evt
+from pynetdicom import AE, Association, _config, build_context, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -127,10 +127,8 @@ def open_association(
     purpose: str = "request",
 ) -> Association:
     """Associate with ``peer``, or raise the matching NetworkError."""
-    if contexts is not None:
-        ae.requested_contexts = list(contexts)
-    elif not ae.requested_contexts:
-        ae.add_requested_context(Verification)
+    if contexts is None:
+        contexts = [build_context(Verification)]
     handlers = [(evt.EVT_CONN_OPEN, tune_connection), *(evt_handlers or [])]
     started = time.monotonic()
     assoc = ae.associate(
@@ -140,6 +138,7 @@ def open_association(
         max_pdu=max_pdu,
         ext_neg=ext_neg,
         evt_handlers=handlers,
+        contexts=list(contexts),
     )
     if assoc.is_established:
         logger.debug("associated with %s for %s", peer, purpose)
@@ -278,10 +277,3 @@ class ResponseWaiter:
             f"the association with {self.peer} was aborted or the connection dropped "
             f"while waiting for a {what} response"
         )
-
-
-def needs_verification() -> list[PresentationContext]:
-    """Presentation contexts for C-ECHO."""
-    from pynetdicom import build_context
-
-    return [build_context(Verification)]

@@ -35,7 +35,7 @@ from clarinet_nb.dicom.models import (
     StudyQuery,
     StudyResult,
 )
-from clarinet_nb.dicom.operations import DicomOperations, FindOutcome
+from clarinet_nb.dicom.operations import DicomOperations, FindOutcome, Progress
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.errors import InvalidInputError
@@ -192,19 +192,30 @@ class DicomClient:
         peer: DicomNode,
         output_dir: str | Path | None = None,
         storage: StorageConfig | None = None,
-        progress: bool = False,
+        progress: bool | Progress = False,
         query_first: bool = True,
     ) -> RetrieveResult:
-        """Retrieve ``request`` by C-GET or C-MOVE (see the get_*/move_* shortcuts)."""
+        """Retrieve ``request`` by C-GET or C-MOVE (see the get_*/move_* shortcuts).
+
+        ``output_dir`` stores to disk; ``storage`` picks any mode (default: MEMORY).
+        ``progress=True`` shows a ``tqdm.auto`` bar; a tqdm-like object is updated instead.
+        Raises NotFoundError, PartialRetrieveError (``.result`` says what arrived)
+        or MoveDestinationUnknownError.
+        """
         config = _storage(output_dir, storage)
-        bar = tqdm(total=None, unit="inst", desc=f"C-{method.upper()}", leave=False) if progress else None
+        own_bar = progress is True
+        bar: Progress | None
+        if progress is True:
+            bar = tqdm(total=None, unit="inst", desc=f"C-{method.upper()}", leave=False)
+        else:
+            bar = progress or None
         try:
             return await self.run(
                 self.operations.retrieve, method, request, peer, config,
                 progress=bar, query_first=query_first,
             )
         finally:
-            if bar is not None:
+            if own_bar and isinstance(bar, tqdm):
                 bar.close()
 
     async def get_study(self, study_uid: str, *, peer: DicomNode, **kwargs: Any) -> RetrieveResult:

@@ -29,11 +29,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import build_context, build_role
-from pynetdicom.presentation import (
-    AllStoragePresentationContexts,
-    PresentationContext,
-    StoragePresentationContexts,
-)
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
@@ -45,6 +41,8 @@ __all__ = [
     "default_storage_classes",
     "is_image_class",
     "plan_get_chunks",
+    "plan_syntax_chunks",
+    "REPAIR_PASSES",
     "scp_storage_contexts",
 ]
 
@@ -86,12 +84,12 @@ def is_image_class(sop_class_uid: str) -> bool:
 
 
 def contexts_for_class(sop_class_uid: str) -> list[PresentationContext]:
-    """Storage contexts for one SOP class: uncompressed, then one per compressed syntax.
+    """Storage contexts for one SOP class: one per transfer syntax.
 
-    One context per compressed syntax lets the peer send each instance in the
-    syntax it is stored in, without transcoding.
+    One context per syntax lets the peer send each instance in the syntax it
+    is stored in, without transcoding (not even Implicit to Explicit VR).
     """
-    contexts = [build_context(sop_class_uid, list(UNCOMPRESSED_SYNTAXES))]
+    contexts = [build_context(sop_class_uid, [ts]) for ts in UNCOMPRESSED_SYNTAXES]
     if is_image_class(sop_class_uid):
         contexts += [build_context(sop_class_uid, [ts]) for ts in COMPRESSED_SYNTAXES]
     return contexts
@@ -127,14 +125,61 @@ def plan_get_chunks(sop_classes: Iterable[str]) -> list[GetChunk]:
     return chunks
 
 
+#: Transfer syntaxes tried one at a time, in this order, for instances that did
+#: not arrive on a first pass.  Some peers (dcmqrscp) send each instance on the
+#: first context accepted for its SOP class and fail when they cannot convert
+#: to that context's syntax; offering one syntax per pass lets them succeed.
+REPAIR_PASSES: tuple[tuple[str, ...], ...] = (
+    UNCOMPRESSED_SYNTAXES,
+    *((ts,) for ts in COMPRESSED_SYNTAXES),
+    (DeflatedExplicitVRLittleEndian,),
+    (ExplicitVRBigEndian,),
+)
+
+
+def plan_syntax_chunks(sop_classes: Iterable[str], syntaxes: Sequence[str]) -> list[GetChunk]:
+    """One context per SOP class offering only ``syntaxes``, chunked per association."""
+    classes = list(dict.fromkeys(sop_classes))
+    budget = MAX_CONTEXTS - 1
+    return [
+        _chunk(part, [build_context(uid, list(syntaxes)) for uid in part])
+        for part in (classes[i:i + budget] for i in range(0, len(classes), budget))
+    ]
+
+
 def _chunk(classes: Sequence[str], contexts: Sequence[PresentationContext]) -> GetChunk:
     qr = build_context(StudyRootQueryRetrieveInformationModelGet)
     return GetChunk(sop_classes=tuple(classes), contexts=(qr, *contexts))
 
 
+#: Classes tried first when a peer does not say which SOP classes it holds:
+#: documents and presentation states (one context each), then common images.
+_PRIORITY: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.1",  # CR
+    "1.2.840.10008.5.1.4.1.1.1.1",  # DX for presentation
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.1.2",  # MG for presentation
+    "1.2.840.10008.5.1.4.1.1.6.1",  # US
+    "1.2.840.10008.5.1.4.1.1.3.1",  # US multi-frame
+    "1.2.840.10008.5.1.4.1.1.12.1",  # XA
+    "1.2.840.10008.5.1.4.1.1.128",  # PET
+    "1.2.840.10008.5.1.4.1.1.20",  # NM
+)
+
+
 def default_storage_classes() -> list[str]:
-    """Common storage classes, for peers that do not tell us which are present."""
-    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+    """Storage classes to try, most common first, when a peer does not list them."""
+    known = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    return list(dict.fromkeys([*_PRIORITY, *known]))
 
 
 def scp_storage_contexts(extra_classes: Iterable[str] = ()) -> list[PresentationContext]:

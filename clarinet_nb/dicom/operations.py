@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydicom import Dataset
-from pynetdicom import build_context
+from pydicom.uid import UID
+from pynetdicom import AE, build_context
 from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -36,7 +36,13 @@ from clarinet_nb.dicom.association import (
     status_of,
 )
 from clarinet_nb.dicom.cancel import CancelToken
-from clarinet_nb.dicom.contexts import GetChunk, plan_get_chunks
+from clarinet_nb.dicom.contexts import (
+    REPAIR_PASSES,
+    GetChunk,
+    default_storage_classes,
+    plan_get_chunks,
+    plan_syntax_chunks,
+)
 from clarinet_nb.dicom.handlers import StorageHandler
 from clarinet_nb.dicom.models import (
     DicomNode,
@@ -44,7 +50,7 @@ from clarinet_nb.dicom.models import (
     RetrieveStatus,
     StorageConfig,
 )
-from clarinet_nb.dicom.plan import RetrievePlan
+from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel
 from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
 from clarinet_nb.dicom.results import names_look_emptied
@@ -100,6 +106,12 @@ class _Counters:
     status: int | None = None
     failed_uids: list[str] = field(default_factory=list)
     associations: int = 0
+    msg_id: int = 0
+
+    def retry(self) -> None:
+        """A new pass re-requests what failed: forget the failures counted so far."""
+        self.failed = 0
+        self.failed_uids = []
 
     def final(self, status: Dataset, identifier: Dataset | None) -> None:
         self.status = status_of(status)
@@ -292,32 +304,70 @@ class DicomOperations:
 
     def _get(self, request: RetrieveRequest, peer: DicomNode, plan: RetrievePlan | None,
              handler: StorageHandler, counters: _Counters, cancel: CancelToken | None) -> None:
-        if plan is not None and plan.classes_known:
-            chunks = plan_get_chunks(plan.sop_classes)
-        else:
-            chunks = [_fallback_chunk()]
+        """C-GET over as many associations as the SOP classes need.
+
+        First pass: when the pre-query named every SOP class, each association
+        negotiates exactly those classes in every transfer syntax; otherwise
+        (dcmqrscp returns no SOPClassUID) the most common storage classes.  Then
+        repair passes re-request only what is still missing, offering one
+        transfer syntax at a time, for peers that send on the first context of a
+        class and cannot convert, or hold classes the first pass did not offer.
+        """
+        known = plan is not None and plan.classes_known
         ae = make_ae(self.calling_aet, self.timeouts)
-        msg_id = 0
-        for chunk in chunks:
-            if cancel is not None and cancel.cancelled:
+        if known and plan is not None:
+            chunks = plan_get_chunks(plan.sop_classes)
+            for chunk in chunks:
+                if _cancelled(cancel):
+                    return
+                self._get_on_association(ae, request, peer, plan, chunk, len(chunks), handler,
+                                         counters, cancel, None)
+        else:
+            chunk = plan_get_chunks(default_storage_classes())[0]
+            self._get_on_association(ae, request, peer, None, chunk, 1, handler, counters,
+                                     cancel, None)
+        if plan is None:
+            return
+        for syntaxes in REPAIR_PASSES:
+            missing = [i for i in plan.instances if i.sop_uid not in handler.tally.received]
+            if not missing or _cancelled(cancel):
                 return
-            assoc = open_association(
-                ae, peer, contexts=chunk.contexts, ext_neg=chunk.roles(),
-                evt_handlers=handler.handlers(), max_pdu=self.max_pdu, purpose="C-GET",
-            )
-            counters.associations += 1
-            try:
-                model = str(StudyRootQueryRetrieveInformationModelGet)
-                _require_context(assoc, model, peer, "C-GET")
-                identifiers = self._get_identifiers(assoc, request, plan, chunk, len(chunks), handler)
-                for identifier in identifiers:
-                    msg_id += 1
-                    responses = assoc.send_c_get(identifier, model, msg_id=msg_id)
-                    self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-GET")
-                    if cancel is not None and cancel.cancelled:
-                        return
-            finally:
-                release(assoc)
+            classes = [i.sop_class_uid for i in missing] if known else default_storage_classes()
+            logger.info("C-GET repair pass for %d missing instance(s), offering %s",
+                        len(missing), ", ".join(UID(ts).name for ts in syntaxes))
+            counters.retry()
+            for chunk in plan_syntax_chunks(classes, syntaxes):
+                wanted = [
+                    i for i in missing
+                    if i.sop_uid not in handler.tally.received
+                    and (not known or i.sop_class_uid in chunk.sop_classes)
+                ]
+                if wanted and not _cancelled(cancel):
+                    self._get_on_association(ae, request, peer, None, chunk, 1, handler,
+                                             counters, cancel, _identifiers_for(wanted))
+
+    def _get_on_association(self, ae: AE, request: RetrieveRequest, peer: DicomNode,
+                            plan: RetrievePlan | None, chunk: GetChunk, n_chunks: int,
+                            handler: StorageHandler, counters: _Counters,
+                            cancel: CancelToken | None, identifiers: list[Dataset] | None) -> None:
+        assoc = open_association(
+            ae, peer, contexts=chunk.contexts, ext_neg=chunk.roles(),
+            evt_handlers=handler.handlers(), max_pdu=self.max_pdu, purpose="C-GET",
+        )
+        counters.associations += 1
+        try:
+            model = str(StudyRootQueryRetrieveInformationModelGet)
+            _require_context(assoc, model, peer, "C-GET")
+            if identifiers is None:
+                identifiers = self._get_identifiers(assoc, request, plan, chunk, n_chunks, handler)
+            for identifier in identifiers:
+                counters.msg_id += 1
+                responses = assoc.send_c_get(identifier, model, msg_id=counters.msg_id)
+                self._consume(assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET")
+                if cancel is not None and cancel.cancelled:
+                    return
+        finally:
+            release(assoc)
 
     def _get_identifiers(self, assoc: Association, request: RetrieveRequest,
                          plan: RetrievePlan | None, chunk: GetChunk, n_chunks: int,
@@ -340,11 +390,7 @@ class DicomOperations:
                            len(refused), ", ".join(refused))
         if n_chunks == 1 and not refused:
             return [request.identifier()]
-        return [
-            image_identifier(study, series, sops[i:i + 500])
-            for (study, series), sops in plan.by_series(accepted).items()
-            for i in range(0, len(sops), 500)
-        ]
+        return _identifiers_for(plan.of_classes(accepted))
 
     def _move(self, request: RetrieveRequest, peer: DicomNode, plan: RetrievePlan | None,
               handler: StorageHandler, counters: _Counters, cancel: CancelToken | None) -> None:
@@ -437,6 +483,10 @@ class DicomOperations:
         )
 
 
+def _cancelled(cancel: CancelToken | None) -> bool:
+    return cancel is not None and cancel.cancelled
+
+
 def peer_name(assoc: Association) -> str:
     """The peer's AE title, for messages."""
     return str(getattr(assoc.acceptor, "ae_title", "the peer")).strip() or "the peer"
@@ -451,12 +501,16 @@ def _require_context(assoc: Association, abstract_syntax: str, peer: DicomNode, 
         )
 
 
-def _fallback_chunk() -> GetChunk:
-    """Common storage classes, uncompressed, when the peer did not list SOP classes."""
-    qr = build_context(StudyRootQueryRetrieveInformationModelGet)
-    contexts: list[PresentationContext] = list(StoragePresentationContexts[:127])
-    classes = tuple(str(cx.abstract_syntax) for cx in contexts)
-    return GetChunk(sop_classes=classes, contexts=(qr, *contexts))
+def _identifiers_for(instances: Sequence[PlannedInstance], per_request: int = 500) -> list[Dataset]:
+    """IMAGE level identifiers listing ``instances``, per series, in bounded UID lists."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for inst in instances:
+        groups.setdefault((inst.study_uid, inst.series_uid), []).append(inst.sop_uid)
+    return [
+        image_identifier(study, series, sops[i:i + per_request])
+        for (study, series), sops in groups.items()
+        for i in range(0, len(sops), per_request)
+    ]
 
 
 def _raise_for(result: RetrieveResult, peer: DicomNode, aet: str, port: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -71,15 +70,6 @@ class RetrievePlan:
         if not hasattr(self, "_cache"):
             self._cache = {i.sop_uid: i for i in self.instances}
         return self._cache
-
-    def by_series(self, classes: Iterable[str]) -> dict[tuple[str, str], list[str]]:
-        """SOP UIDs of the given classes grouped by (study, series)."""
-        wanted = set(classes)
-        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for inst in self.instances:
-            if inst.sop_class_uid in wanted:
-                groups[(inst.study_uid, inst.series_uid)].append(inst.sop_uid)
-        return dict(groups)
 
     def of_classes(self, classes: Iterable[str]) -> list[PlannedInstance]:
         """The planned instances whose class is in ``classes``."""
