@@ -129,7 +129,13 @@ def open_association(
     """Associate with ``peer``, or raise the matching NetworkError."""
     if contexts is None:
         contexts = [build_context(Verification)]
-    handlers = [(evt.EVT_CONN_OPEN, tune_connection), *(evt_handlers or [])]
+    opened = threading.Event()
+
+    def on_open(event: evt.Event) -> None:
+        opened.set()
+        tune_connection(event)
+
+    handlers = [(evt.EVT_CONN_OPEN, on_open), *(evt_handlers or [])]
     started = time.monotonic()
     assoc = ae.associate(
         peer.host,
@@ -158,10 +164,7 @@ def open_association(
             source=source,
             reason=reason,
         )
-    connected = assoc.dul.socket is not None and bool(
-        getattr(assoc.dul.socket, "_is_connected", False)
-    )
-    if assoc.is_aborted or connected:
+    if opened.is_set():
         if elapsed >= ae.acse_timeout * 0.95:
             raise DicomTimeoutError(
                 f"{where} did not answer the association request within {ae.acse_timeout:g} s"
@@ -268,6 +271,7 @@ class ResponseWaiter:
     def failure(self, what: str) -> Exception:
         """The error for a missing response (timeout or abort)."""
         idle = time.monotonic() - self.last
+        logger.debug("no %s response after %.2f s idle", what, idle)
         if idle >= self.dimse_timeout * 0.95:
             return DicomTimeoutError(
                 f"{self.peer} sent no {what} response within {self.dimse_timeout:g} s "

@@ -60,6 +60,7 @@ from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
     AssociationRejectedError,
     MoveDestinationUnknownError,
+    NetworkError,
     NotFoundError,
     OperationError,
     PartialRetrieveError,
@@ -190,13 +191,13 @@ class DicomOperations:
                 assoc, cancel, msg_id=1, context_id=None, grace=self.timeouts.cancel
             ) as cancel_sent:
                 for status, match in responses:
-                    waiter.touch()
                     code = status_of(status)
                     if code is None:
                         if cancel_sent.is_set():
                             outcome.cancelled = True
                             break
                         raise waiter.failure("C-FIND")
+                    waiter.touch()
                     if code in PENDING:
                         if match is not None:
                             emptied += names_look_emptied(match)
@@ -266,7 +267,7 @@ class DicomOperations:
         if query_first:
             plan = self.plan(request, peer, cancel)
             if not plan.instances:
-                result = self._result(method, request, peer, None, None, None, started)
+                result = self._result(method, request, peer, plan, None, None, started)
                 raise NotFoundError(f"nothing on {peer} matches the {method} request", result=result)
             if request.study_uid is None and request.level is not QueryLevel.STUDY:
                 studies = {i.study_uid for i in plan.instances}
@@ -289,15 +290,34 @@ class DicomOperations:
             on_received=progress.update if progress is not None else None,
         )
         counters = _Counters()
+        broken: NetworkError | None = None
         try:
             if method == "get":
                 self._get(request, peer, plan, handler, counters, cancel)
             else:
                 self._move(request, peer, plan, handler, counters, cancel)
+        except NetworkError as exc:
+            if not handler.tally.received and not handler.tally.failed:
+                raise  # nothing happened yet: the network error says it all
+            broken = exc
         finally:
             handler.close()
         result = self._result(method, request, peer, plan, handler, counters, started, cancel)
+        if broken is not None and result.status is RetrieveStatus.SUCCESS and plan is not None:
+            logger.warning("%s after every expected instance arrived: %s", method, broken)
+            broken = None  # everything the pre-query listed is here
+        if broken is not None:
+            result.message = f"{broken} ({result.message or 'no final status'})"
+            if result.status is RetrieveStatus.SUCCESS:
+                result.status = RetrieveStatus.PARTIAL
         logger.info("%s from %s: %s", method.upper(), peer, result.summary())
+        if broken is not None:
+            if cancel is not None and cancel.cancelled:
+                return result
+            raise PartialRetrieveError(
+                f"{method.upper()} from {peer} broke off: {broken}; {result.summary()}",
+                result=result,
+            ) from broken
         if raise_on_error:
             _raise_for(result, peer, self.calling_aet, self.scp_port)
         return result
@@ -420,12 +440,12 @@ class DicomOperations:
         with cancel_watch(assoc, cancel, msg_id=msg_id, context_id=None,
                           grace=self.timeouts.cancel) as cancel_sent:
             for status, identifier in responses:
-                waiter.touch()
                 code = status_of(status)
                 if code is None:
                     if cancel_sent.is_set():
                         return
                     raise waiter.failure(what)
+                waiter.touch()
                 if code in PENDING:
                     continue
                 counters.final(status, identifier)
@@ -513,12 +533,27 @@ def _identifiers_for(instances: Sequence[PlannedInstance], per_request: int = 50
     ]
 
 
+def _destination_unknown(result: RetrieveResult) -> bool:
+    """0xA801, or (Orthanc) a bare failure before any sub-operation of a C-MOVE
+    whose pre-query found instances."""
+    if result.method != "move" or result.dimse_status is None:
+        return False
+    if result.dimse_status == MOVE_DESTINATION_UNKNOWN:
+        return True
+    attempted = result.completed + result.failed + result.warning + result.received
+    failure = result.dimse_status >= 0xA000 and result.dimse_status & 0xF000 != 0xB000
+    return failure and attempted == 0 and bool(result.expected) and result.dimse_status != CANCEL
+
+
 def _raise_for(result: RetrieveResult, peer: DicomNode, aet: str, port: int) -> None:
     if result.status in (RetrieveStatus.SUCCESS, RetrieveStatus.CANCELLED):
         return
-    if result.dimse_status == MOVE_DESTINATION_UNKNOWN:
+    if _destination_unknown(result):
+        surely = result.dimse_status == MOVE_DESTINATION_UNKNOWN
         raise MoveDestinationUnknownError(
-            f"{peer} does not know the C-MOVE destination {aet!r} ({result.message}). "
+            f"{peer} {'does' if surely else 'most likely does'} not know the C-MOVE "
+            f"destination {aet!r} (it answered {result.message} without attempting any "
+            "sub-operation). "
             f"Register it on the PACS: AE title {aet}, this machine's address, port {port} "
             "(settings dicom_aet / dicom_port; Orthanc: DicomModalities, dcmqrscp: HostTable), "
             "or retrieve with C-GET instead.",
