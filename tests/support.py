@@ -72,6 +72,8 @@ class ConnectionCounter:
 
     def close(self) -> None:
         """Stop accepting; connections still in the backlog are counted too."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.thread.join()
         self.sock.setblocking(False)
