@@ -223,7 +223,7 @@ def cancel_watch(
     token: CancelToken | None,
     *,
     msg_id: int,
-    context_id: int | None,
+    query_model: str,
     grace: float,
 ) -> Iterator[threading.Event]:
     """On cancellation send C-CANCEL for ``msg_id``; abort if the peer ignores it.
@@ -239,8 +239,10 @@ def cancel_watch(
     def on_cancel() -> None:
         sent.set()
         logger.info("cancelling: sending C-CANCEL (message %d)", msg_id)
-        with contextlib.suppress(Exception):
-            assoc.send_c_cancel(msg_id, context_id)
+        try:
+            assoc.send_c_cancel(msg_id, query_model=query_model)
+        except Exception as exc:  # noqa: BLE001 - the watchdog below still aborts
+            logger.warning("could not send C-CANCEL: %s", exc)
         watchdog = threading.Timer(grace, abort, args=(assoc,))
         watchdog.daemon = True
         watchdog.start()

@@ -188,7 +188,7 @@ class DicomOperations:
             _require_context(assoc, str(model), peer, "C-FIND")
             responses = assoc.send_c_find(identifier, model, msg_id=1)
             with cancel_watch(
-                assoc, cancel, msg_id=1, context_id=None, grace=self.timeouts.cancel
+                assoc, cancel, msg_id=1, query_model=str(model), grace=self.timeouts.cancel
             ) as cancel_sent:
                 for status, match in responses:
                     code = status_of(status)
@@ -199,15 +199,15 @@ class DicomOperations:
                         raise waiter.failure("C-FIND")
                     waiter.touch()
                     if code in PENDING:
-                        if match is not None:
+                        if match is not None and not cancel_sent.is_set():
                             emptied += names_look_emptied(match)
                             outcome.datasets.append(match)
                             if on_match is not None:
                                 on_match(match)
                         continue
                     outcome.status = code
+                    outcome.cancelled = cancel_sent.is_set()
                     if code == CANCEL:
-                        outcome.cancelled = cancel_sent.is_set()
                         outcome.truncated = not outcome.cancelled
                     elif code != 0x0000:
                         raise QueryError(
@@ -383,7 +383,8 @@ class DicomOperations:
             for identifier in identifiers:
                 counters.msg_id += 1
                 responses = assoc.send_c_get(identifier, model, msg_id=counters.msg_id)
-                self._consume(assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET")
+                self._consume(assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET",
+                              model)
                 if cancel is not None and cancel.cancelled:
                     return
         finally:
@@ -429,15 +430,15 @@ class DicomOperations:
             try:
                 _require_context(assoc, model, peer, "C-MOVE")
                 responses = assoc.send_c_move(request.identifier(), self.calling_aet, model, msg_id=1)
-                self._consume(assoc, responses, counters, cancel, 1, peer, "C-MOVE")
+                self._consume(assoc, responses, counters, cancel, 1, peer, "C-MOVE", model)
             finally:
                 release(assoc)
 
     def _consume(self, assoc: Association, responses: Iterator[tuple[Dataset, Dataset | None]],
                  counters: _Counters, cancel: CancelToken | None, msg_id: int,
-                 peer: DicomNode, what: str) -> None:
+                 peer: DicomNode, what: str, model: str) -> None:
         waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
-        with cancel_watch(assoc, cancel, msg_id=msg_id, context_id=None,
+        with cancel_watch(assoc, cancel, msg_id=msg_id, query_model=model,
                           grace=self.timeouts.cancel) as cancel_sent:
             for status, identifier in responses:
                 code = status_of(status)
