@@ -54,6 +54,9 @@ class Tally:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     received: dict[str, None] = field(default_factory=dict)
+    """Kept: stored, decoded, or accepted by the forward node."""
+    arrived: dict[str, None] = field(default_factory=dict)
+    """Handed to us by the peer and accepted by the sink (FORWARD may still fail)."""
     failed: dict[str, str] = field(default_factory=dict)
     paths: list[Path] = field(default_factory=list)
     datasets: list[Dataset] = field(default_factory=list)
@@ -62,6 +65,9 @@ class Tally:
 
 
 class _Sink(Protocol):
+    #: False when the sink counts an instance received only later (FORWARD).
+    immediate: bool
+
     def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
         """Keep one instance, updating ``tally``; raise to fail the sub-operation."""
 
@@ -71,6 +77,8 @@ class _Sink(Protocol):
 
 class DiskSink:
     """Write ``{root}/{study}/{series}/{sop}.dcm`` with the bytes as received."""
+
+    immediate = True
 
     def __init__(self, root: Path, locator: Locator | None, overwrite: bool) -> None:
         self.root = root
@@ -127,6 +135,8 @@ def _write_atomically(path: Path, event: evt.Event) -> None:
 class MemorySink:
     """Decode each instance into a pydicom Dataset (with ``file_meta``)."""
 
+    immediate = True
+
     def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
         ds = event.dataset
         ds.file_meta = event.file_meta
@@ -138,7 +148,14 @@ class MemorySink:
 
 
 class ForwardSink:
-    """C-STORE each instance to another node, from a worker thread."""
+    """C-STORE each instance to another node, from a worker thread.
+
+    An instance counts as received once the node accepted it.  After the node
+    could not be reached once, the rest fail at once rather than each waiting
+    for the connection timeout again.
+    """
+
+    immediate = False
 
     def __init__(self, node: DicomNode, calling_aet: str, timeouts: Timeouts, max_pdu: int) -> None:
         self.node = node
@@ -169,30 +186,39 @@ class ForwardSink:
         ae: AE = make_ae(self.calling_aet, self.timeouts)
         assoc: Association | None = None
         negotiated: set[tuple[str, str]] = set()
+        unreachable: str | None = None
         while (item := self.queue.get()) is not None:
             sop_uid, ds = item
+            if unreachable is not None:
+                with tally.lock:
+                    tally.failed[sop_uid] = unreachable
+                continue
             key = (str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID))
             try:
                 if assoc is None or not assoc.is_established or key not in negotiated:
                     if assoc is not None:
                         release(assoc)
+                        assoc = None
                     negotiated.add(key)
                     contexts = [build_context(cls, ts) for cls, ts in sorted(negotiated)]
-                    assoc = open_association(
-                        ae, self.node, contexts=contexts[-127:], max_pdu=self.max_pdu,
-                        purpose="forward",
-                    )
+                    try:
+                        assoc = open_association(
+                            ae, self.node, contexts=contexts[-127:], max_pdu=self.max_pdu,
+                            purpose="forward",
+                        )
+                    except DicomError as exc:
+                        unreachable = f"forward destination failed: {exc}"
+                        raise
                 status = status_of(assoc.send_c_store(ds))
                 if status is None or (status & 0xF000) not in (0x0000, 0xB000):
                     raise DicomError(f"forward C-STORE status {status}")
                 with tally.lock:
                     tally.forwarded.append(sop_uid)
+                    tally.received[sop_uid] = None
             except DicomError as exc:
                 logger.warning("forwarding one instance to %s failed: %s", self.node, exc)
                 with tally.lock:
                     tally.failed[sop_uid] = f"forward failed: {exc}"
-                if assoc is not None and not assoc.is_established:
-                    assoc = None
         if assoc is not None:
             release(assoc)
 
@@ -238,7 +264,9 @@ class StorageHandler:
             self._fail(sop_uid, f"could not handle: {exc}")
             return CANNOT_UNDERSTAND
         with self.tally.lock:
-            self.tally.received[sop_uid] = None
+            self.tally.arrived[sop_uid] = None
+            if self.sink.immediate:
+                self.tally.received[sop_uid] = None
             self.tally.bytes_received += size
         if self.on_received is not None:
             self.on_received(1)

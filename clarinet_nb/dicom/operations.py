@@ -297,7 +297,7 @@ class DicomOperations:
             else:
                 self._move(request, peer, plan, handler, counters, cancel)
         except NetworkError as exc:
-            if not handler.tally.received and not handler.tally.failed:
+            if not handler.tally.arrived and not handler.tally.failed:
                 raise  # nothing happened yet: the network error says it all
             broken = exc
         finally:
@@ -349,7 +349,7 @@ class DicomOperations:
         if plan is None:
             return
         for syntaxes in REPAIR_PASSES:
-            missing = [i for i in plan.instances if i.sop_uid not in handler.tally.received]
+            missing = [i for i in plan.instances if i.sop_uid not in handler.tally.arrived]
             if not missing or _cancelled(cancel):
                 return
             classes = [i.sop_class_uid for i in missing] if known else default_storage_classes()
@@ -359,7 +359,7 @@ class DicomOperations:
             for chunk in plan_syntax_chunks(classes, syntaxes):
                 wanted = [
                     i for i in missing
-                    if i.sop_uid not in handler.tally.received
+                    if i.sop_uid not in handler.tally.arrived
                     and (not known or i.sop_class_uid in chunk.sop_classes)
                 ]
                 if wanted and not _cancelled(cancel):
