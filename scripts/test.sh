@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite (real Orthanc and DCMTK peers on loopback), then ruff and mypy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -m pytest -q "$@"
+"$PYTHON" -m ruff check clarinet_nb tests benchmarks
+"$PYTHON" -m mypy clarinet_nb
