@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -45,9 +46,11 @@ async def run_demo(pacs: DicomNode, scp_port: int, out: Path) -> None:
         studies = await client.find_studies(StudyQuery(), peer=pacs)
         _say(f"\nC-FIND STUDY: {len(studies)} studies")
         for s in sorted(studies, key=lambda s: s.study_date or s.study_instance_uid or ""):
-            _say(f"  {s.study_date}  {s.patient_name:<16} {s.patient_id}  "
-                 f"{','.join(s.modalities_in_study):<12} {s.study_description}  "
-                 f"({s.number_of_study_related_instances} instances)")
+            _say(
+                f"  {s.study_date}  {s.patient_name:<16} {s.patient_id}  "
+                f"{','.join(s.modalities_in_study):<12} {s.study_description}  "
+                f"({s.number_of_study_related_instances} instances)"
+            )
 
         ranged = await client.find_studies(
             StudyQuery(study_date=("2020-01-01", "2021-12-31")), peer=pacs
@@ -61,16 +64,21 @@ async def run_demo(pacs: DicomNode, scp_port: int, out: Path) -> None:
         _say(f"\nC-FIND SERIES in the {study.study_date} study: {len(series)} series")
         for se in series:
             images = await client.find_images(
-                ImageQuery(study_instance_uid=study.study_instance_uid,
-                           series_instance_uid=se.series_instance_uid),
+                ImageQuery(
+                    study_instance_uid=study.study_instance_uid,
+                    series_instance_uid=se.series_instance_uid,
+                ),
                 peer=pacs,
             )
-            _say(f"  #{se.series_number} {se.modality:<3} {se.series_description or '':<28} "
-                 f"{len(images)} instance(s)")
+            _say(
+                f"  #{se.series_number} {se.modality:<3} {se.series_description or '':<28} "
+                f"{len(images)} instance(s)"
+            )
 
         assert study.study_instance_uid is not None
-        got = await client.get_study(study.study_instance_uid, peer=pacs, output_dir=out,
-                                     progress=True)
+        got = await client.get_study(
+            study.study_instance_uid, peer=pacs, output_dir=out, progress=True
+        )
         _say(f"\nC-GET study to {out}: {got.summary()} in {got.elapsed:.2f} s")
         for path in got.paths[:3]:
             _say(f"  {path.relative_to(out)}")
@@ -78,19 +86,26 @@ async def run_demo(pacs: DicomNode, scp_port: int, out: Path) -> None:
         first = series[0]
         assert first.series_instance_uid is not None
         moved = await client.move_series(
-            first.series_instance_uid, study_uid=study.study_instance_uid, peer=pacs,
+            first.series_instance_uid,
+            study_uid=study.study_instance_uid,
+            peer=pacs,
             storage=StorageConfig(mode=StorageMode.MEMORY),
         )
         _say(f"\nC-MOVE series #{first.series_number} to memory: {moved.summary()}")
         for ds in moved.datasets[:3]:
-            _say(f"  {ds.SOPClassUID.name}: {ds.get('Rows', '-')}x{ds.get('Columns', '-')} "
-                 f"{ds.file_meta.TransferSyntaxUID.name}")
+            _say(
+                f"  {ds.SOPClassUID.name}: {ds.get('Rows', '-')}x{ds.get('Columns', '-')} "
+                f"{ds.file_meta.TransferSyntaxUID.name}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m clarinet_nb.demo``."""
-    parser = argparse.ArgumentParser(prog="python -m clarinet_nb.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clarinet_nb.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--keep", action="store_true", help="leave the demo PACS running")
     parser.add_argument("--workdir", type=Path, help="where to keep the PACS and the output")
     args = parser.parse_args(argv)
@@ -106,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"demo PACS: Orthanc {pacs} with {len(cohort.instances)} synthetic instances\n")
         asyncio.run(run_demo(pacs, scp_port, workdir / "out"))
         if args.keep:
-            _say(f"\nOrthanc keeps running at {pacs} (move destination CLARINET@127.0.0.1:"
-                 f"{scp_port}); Ctrl-C stops it.")
-            try:
+            _say(
+                f"\nOrthanc keeps running at {pacs} (move destination CLARINET@127.0.0.1:"
+                f"{scp_port}); Ctrl-C stops it."
+            )
+            with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
-            except KeyboardInterrupt:
-                pass
     _say(f"\ndone; files in {workdir / 'out'}")
     return 0
 

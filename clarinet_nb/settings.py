@@ -21,7 +21,9 @@ class Settings(BaseSettings):
 
     # Our own Application Entity (calling AE title; Storage SCP for C-MOVE).
     dicom_aet: str = Field("CLARINET", description="Our AE title (calling AET, move destination).")
-    dicom_port: int = Field(11112, ge=0, le=65535, description="Port of our Storage SCP for C-MOVE.")
+    dicom_port: int = Field(
+        11112, ge=0, le=65535, description="Port of our Storage SCP for C-MOVE."
+    )
     dicom_ip: str | None = Field(
         None, description="Address our Storage SCP binds to (None: all interfaces)."
     )

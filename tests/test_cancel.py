@@ -43,7 +43,9 @@ def bulk_orthanc(
     tmp_path_factory: pytest.TempPathFactory, bulk: Cohort, scp_port: int
 ) -> Iterator[OrthancServer]:
     workdir = tmp_path_factory.mktemp("orthanc-bulk")
-    with OrthancServer(workdir, move_destinations={"c": ("CLARINET", "127.0.0.1", scp_port)}) as srv:
+    with OrthancServer(
+        workdir, move_destinations={"c": ("CLARINET", "127.0.0.1", scp_port)}
+    ) as srv:
         srv.load(bulk.paths())
         yield srv
 
@@ -123,8 +125,9 @@ async def test_cancelling_the_task(
     async with DicomClient(timeouts=TEST_TIMEOUTS, scp_port=scp_port) as client:
         retrieve = client.get_study if method == "get" else client.move_study
         task = asyncio.create_task(
-            retrieve(bulk.studies()[0], peer=node(bulk_orthanc), output_dir=tmp_path,
-                     progress=progress)
+            retrieve(
+                bulk.studies()[0], peer=node(bulk_orthanc), output_dir=tmp_path, progress=progress
+            )
         )
         await arrived.wait()
         task.cancel()
@@ -135,8 +138,9 @@ async def test_cancelling_the_task(
         assert _no_association_threads()
         assert port_is_free(scp_port)
         # the client is still usable afterwards
-        again = await client.get_study(bulk.studies()[0], peer=node(bulk_orthanc),
-                                       output_dir=tmp_path)
+        again = await client.get_study(
+            bulk.studies()[0], peer=node(bulk_orthanc), output_dir=tmp_path
+        )
         assert again.received == BULK
 
 
@@ -151,8 +155,10 @@ def test_cancel_a_find(bulk_orthanc: OrthancServer, bulk: Cohort) -> None:
             token.cancel()
 
     outcome = ops.find(
-        ImageQuery(study_instance_uid=bulk.studies()[0]), node(bulk_orthanc),
-        cancel=token, on_match=on_match,
+        ImageQuery(study_instance_uid=bulk.studies()[0]),
+        node(bulk_orthanc),
+        cancel=token,
+        on_match=on_match,
     )
     assert outcome.cancelled and not outcome.truncated
     assert 10 <= len(outcome.datasets) < BULK

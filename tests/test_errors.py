@@ -110,9 +110,7 @@ class BogusLevelQuery(StudyQuery):
         return ds
 
 
-async def test_failure_status_from_peer_is_a_query_error(
-    client: DicomClient, peer: Peer
-) -> None:
+async def test_failure_status_from_peer_is_a_query_error(client: DicomClient, peer: Peer) -> None:
     with pytest.raises(QueryError) as caught:
         await client.find(BogusLevelQuery(), peer=node(peer))
     assert caught.value.status is not None and caught.value.status >= 0xA000
@@ -178,7 +176,9 @@ async def test_peer_stalling_mid_get_gives_partial_result_within_timeout(
         async with DicomClient(timeouts=quick) as impatient:
             with pytest.raises(PartialRetrieveError) as caught:
                 await impatient.get_study(
-                    study, peer=node(stallable_orthanc), output_dir=tmp_path / "out",
+                    study,
+                    peer=node(stallable_orthanc),
+                    output_dir=tmp_path / "out",
                     progress=FreezeAfterFirst(),
                 )
     finally:
@@ -203,9 +203,7 @@ async def test_invalid_input_never_reaches_the_network(
     with pytest.raises(InvalidInputError):
         await client.get_instance([], peer=target)
     with pytest.raises(InvalidInputError):
-        await client.find_studies(
-            StudyQuery(study_date=("2021-01-01", "2020-01-01")), peer=target
-        )
+        await client.find_studies(StudyQuery(study_date=("2021-01-01", "2020-01-01")), peer=target)
     with pytest.raises(InvalidInputError):
         await client.find_images(ImageQuery(sop_instance_uid="1.2.x"), peer=target)
     with pytest.raises(InvalidInputError):

@@ -170,10 +170,14 @@ def test_status_descriptions() -> None:
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = Settings()
     assert (defaults.dicom_aet, defaults.dicom_port, defaults.dicom_max_pdu) == (
-        "CLARINET", 11112, 16384
+        "CLARINET",
+        11112,
+        16384,
     )
     assert (defaults.pacs_aet, defaults.pacs_host, defaults.pacs_port) == (
-        "ORTHANC", "localhost", 4242
+        "ORTHANC",
+        "localhost",
+        4242,
     )
     assert defaults.dicom_ip is None
     monkeypatch.setenv("CLARINET_PACS_HOST", "127.0.0.2")

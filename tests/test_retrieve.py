@@ -25,7 +25,11 @@ METHODS = ["get", "move"]
 
 @pytest.mark.parametrize("method", METHODS)
 async def test_study_to_disk(
-    client: DicomClient, peer: Peer, cohort: Cohort, tmp_path: Path, method: str,
+    client: DicomClient,
+    peer: Peer,
+    cohort: Cohort,
+    tmp_path: Path,
+    method: str,
     move_scp_port: int,
 ) -> None:
     studies = cohort.studies()
@@ -84,7 +88,9 @@ async def test_series_to_memory(
 
 
 @pytest.mark.parametrize("method", METHODS)
-async def test_single_instances(client: DicomClient, peer: Peer, cohort: Cohort, method: str) -> None:
+async def test_single_instances(
+    client: DicomClient, peer: Peer, cohort: Cohort, method: str
+) -> None:
     """Every SOP class of the cohort, one instance at a time, in memory."""
     picks = {i.sop_class_uid: i for i in cohort.instances}
     if method == "move" and peer.kind == "dcmqrscp":
@@ -92,8 +98,11 @@ async def test_single_instances(client: DicomClient, peer: Peer, cohort: Cohort,
     for inst in picks.values():
         retrieve = client.get_instance if method == "get" else client.move_instance
         result = await retrieve(
-            inst.sop_uid, series_uid=inst.series_uid, study_uid=inst.study_uid,
-            peer=node(peer), storage=StorageConfig(mode=StorageMode.MEMORY),
+            inst.sop_uid,
+            series_uid=inst.series_uid,
+            study_uid=inst.study_uid,
+            peer=node(peer),
+            storage=StorageConfig(mode=StorageMode.MEMORY),
         )
         assert [ds.SOPInstanceUID for ds in result.datasets] == [inst.sop_uid]
         ds = result.datasets[0]
@@ -110,7 +119,10 @@ def _jpeg(cohort: Cohort) -> CohortInstance:
 async def test_jpeg_arrives_as_stored(client: DicomClient, peer: Peer, cohort: Cohort) -> None:
     jpeg = _jpeg(cohort)
     result = await client.get_instance(
-        jpeg.sop_uid, series_uid=jpeg.series_uid, study_uid=jpeg.study_uid, peer=node(peer),
+        jpeg.sop_uid,
+        series_uid=jpeg.series_uid,
+        study_uid=jpeg.study_uid,
+        peer=node(peer),
     )
     ds = result.datasets[0]
     assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
@@ -126,7 +138,10 @@ async def test_series_uid_alone_is_enough_for_orthanc(
 
 
 async def test_partial_move_says_exactly_what_arrived(
-    client: DicomClient, dcmqrscp_stock: DcmqrscpServer, cohort: Cohort, tmp_path: Path,
+    client: DicomClient,
+    dcmqrscp_stock: DcmqrscpServer,
+    cohort: Cohort,
+    tmp_path: Path,
     move_scp_port: int,
 ) -> None:
     """Stock dcmqrscp proposes only uncompressed syntaxes when it C-STOREs to a move
@@ -143,7 +158,5 @@ async def test_partial_move_says_exactly_what_arrived(
     assert sorted(result.received_sop_instance_uids) == sorted(i.sop_uid for i in others)
     assert result.failed >= 1 and result.dimse_status == 0xB000
     on_disk = {p for p in tmp_path.rglob("*") if p.is_file()}
-    assert on_disk == {
-        tmp_path / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm" for i in others
-    }
+    assert on_disk == {tmp_path / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm" for i in others}
     assert port_is_free(move_scp_port)

@@ -34,7 +34,10 @@ def empty_orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
 
 @pytest.mark.parametrize("method", ["get", "move"])
 async def test_forward_to_another_node(
-    client: DicomClient, orthanc_stock: Peer, empty_orthanc: OrthancServer, cohort: Cohort,
+    client: DicomClient,
+    orthanc_stock: Peer,
+    empty_orthanc: OrthancServer,
+    cohort: Cohort,
     method: str,
 ) -> None:
     study = max(cohort.studies(), key=lambda s: len(cohort.modalities_in_study(s)))
@@ -45,8 +48,9 @@ async def test_forward_to_another_node(
     assert result.status is RetrieveStatus.SUCCESS
     assert sorted(result.forwarded_sop_instance_uids) == expected
     assert result.datasets == [] and result.paths == []
-    landed = await client.find_images(ImageQuery(study_instance_uid=study),
-                                      peer=node(empty_orthanc))
+    landed = await client.find_images(
+        ImageQuery(study_instance_uid=study), peer=node(empty_orthanc)
+    )
     assert sorted(str(r.sop_instance_uid) for r in landed) == expected
 
 
@@ -59,8 +63,11 @@ async def test_forward_to_unreachable_node_is_partial(
     nowhere = DicomNode(aet="NOWHERE", host="127.0.0.1", port=free_port())
     study = cohort.studies()[0]
     with pytest.raises(PartialRetrieveError) as caught:
-        await client.get_study(study, peer=node(orthanc_stock),
-                               storage=StorageConfig(mode=StorageMode.FORWARD, forward_to=nowhere))
+        await client.get_study(
+            study,
+            peer=node(orthanc_stock),
+            storage=StorageConfig(mode=StorageMode.FORWARD, forward_to=nowhere),
+        )
     result = caught.value.result
     assert result.forwarded_sop_instance_uids == []
     assert sorted(result.failed_sop_instance_uids) == sorted(
@@ -74,8 +81,9 @@ async def test_contexts_spread_over_several_associations(
     """With room for only a few contexts per association, a study with many SOP
     classes still arrives whole, over several associations."""
     monkeypatch.setattr(contexts, "MAX_CONTEXTS", 14)
-    study = max(cohort.studies(), key=lambda s: len({i.sop_class_uid for i in
-                                                     cohort.instances_in(s)}))
+    study = max(
+        cohort.studies(), key=lambda s: len({i.sop_class_uid for i in cohort.instances_in(s)})
+    )
     async with DicomClient(timeouts=TEST_TIMEOUTS) as narrow:
         result = await narrow.get_study(study, peer=node(peer), output_dir=tmp_path)
     assert result.status is RetrieveStatus.SUCCESS
@@ -86,7 +94,9 @@ async def test_contexts_spread_over_several_associations(
 
 
 @pytest.fixture(scope="module")
-def big_pdu_orthanc(tmp_path_factory: pytest.TempPathFactory, cohort: Cohort) -> Iterator[OrthancServer]:
+def big_pdu_orthanc(
+    tmp_path_factory: pytest.TempPathFactory, cohort: Cohort
+) -> Iterator[OrthancServer]:
     with OrthancServer(tmp_path_factory.mktemp("orthanc-pdu"), max_pdu=131072) as srv:
         srv.load(cohort.paths())
         yield srv
@@ -112,8 +122,12 @@ def test_max_pdu_is_announced_and_honoured(
     cx = [build_context(model), build_context(cr.sop_class_uid, [cr.transfer_syntax_uid])]
     store_handler = (evt.EVT_C_STORE, lambda event: 0x0000)
     assoc = open_association(
-        ae, node(big_pdu_orthanc), contexts=cx, ext_neg=[build_role(cr.sop_class_uid, scp_role=True)],
-        max_pdu=max_pdu, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), store_handler],
+        ae,
+        node(big_pdu_orthanc),
+        contexts=cx,
+        ext_neg=[build_role(cr.sop_class_uid, scp_role=True)],
+        max_pdu=max_pdu,
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), store_handler],
     )
     try:
         assert assoc.requestor.maximum_length == max_pdu
@@ -122,7 +136,9 @@ def test_max_pdu_is_announced_and_honoured(
         ds = Dataset()
         ds.QueryRetrieveLevel = "IMAGE"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
-            cr.study_uid, cr.series_uid, cr.sop_uid,
+            cr.study_uid,
+            cr.series_uid,
+            cr.sop_uid,
         )
         statuses = [int(s.Status) for s, _ in assoc.send_c_get(ds, model)]
         assert statuses[-1] == 0x0000
@@ -135,7 +151,10 @@ def test_max_pdu_is_announced_and_honoured(
 
 
 async def test_retrieve_logs_no_patient_data_above_debug(
-    client: DicomClient, orthanc_stock: Peer, cohort: Cohort, tmp_path: Path,
+    client: DicomClient,
+    orthanc_stock: Peer,
+    cohort: Cohort,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import AE, Association, _config, build_context, evt
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -90,7 +91,7 @@ def tune_connection(event: evt.Event) -> None:
         return
     with contextlib.suppress(OSError):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport.recv = _make_recv(raw)
+    transport.recv = _make_recv(raw)  # type: ignore[method-assign]
 
 
 def _make_recv(raw: socket.socket) -> Any:
@@ -102,7 +103,7 @@ def _make_recv(raw: socket.socket) -> Any:
         got = 0
         while got < nr_bytes:
             if quickack is not None:
-                try:
+                try:  # noqa: SIM105 - hot path: no context manager per read
                     raw.setsockopt(socket.IPPROTO_TCP, quickack, 1)
                 except OSError:
                     pass
@@ -165,16 +166,16 @@ def open_association(
             reason=reason,
         )
     if opened.is_set():
-        if elapsed >= ae.acse_timeout * 0.95:
+        if elapsed >= (ae.acse_timeout or 0) * 0.95:
             raise DicomTimeoutError(
-                f"{where} did not answer the association request within {ae.acse_timeout:g} s"
+                f"{where} did not answer the association request within {ae.acse_timeout or 0:g} s"
             )
         raise AssociationAbortedError(
             f"{where} aborted the association request (is this a DICOM port?)"
         )
-    if elapsed >= ae.connection_timeout * 0.95:
+    if elapsed >= (ae.connection_timeout or 0) * 0.95:
         raise DicomTimeoutError(
-            f"could not connect to {where} within {ae.connection_timeout:g} s"
+            f"could not connect to {where} within {ae.connection_timeout or 0:g} s"
         )
     raise PeerUnreachableError(
         f"could not connect to {where}: connection refused or host unreachable"

@@ -211,8 +211,13 @@ class DicomClient:
             bar = progress or None
         try:
             return await self.run(
-                self.operations.retrieve, method, request, peer, config,
-                progress=bar, query_first=query_first,
+                self.operations.retrieve,
+                method,
+                request,
+                peer,
+                config,
+                progress=bar,
+                query_first=query_first,
             )
         finally:
             if own_bar and isinstance(bar, tqdm):
@@ -222,15 +227,22 @@ class DicomClient:
         """C-GET every instance of a study."""
         return await self.retrieve("get", RetrieveRequest.study(study_uid), peer=peer, **kwargs)
 
-    async def get_series(self, series_uid: str, *, peer: DicomNode, study_uid: str | None = None,
-                         **kwargs: Any) -> RetrieveResult:
+    async def get_series(
+        self, series_uid: str, *, peer: DicomNode, study_uid: str | None = None, **kwargs: Any
+    ) -> RetrieveResult:
         """C-GET every instance of a series."""
         request = RetrieveRequest.series(series_uid, study_uid)
         return await self.retrieve("get", request, peer=peer, **kwargs)
 
-    async def get_instance(self, sop_uid: str | Sequence[str], *, peer: DicomNode,
-                           series_uid: str | None = None, study_uid: str | None = None,
-                           **kwargs: Any) -> RetrieveResult:
+    async def get_instance(
+        self,
+        sop_uid: str | Sequence[str],
+        *,
+        peer: DicomNode,
+        series_uid: str | None = None,
+        study_uid: str | None = None,
+        **kwargs: Any,
+    ) -> RetrieveResult:
         """C-GET one instance (or several of one series)."""
         request = RetrieveRequest.instances(sop_uid, series_uid, study_uid)
         return await self.retrieve("get", request, peer=peer, **kwargs)
@@ -239,15 +251,22 @@ class DicomClient:
         """C-MOVE every instance of a study to our Storage SCP."""
         return await self.retrieve("move", RetrieveRequest.study(study_uid), peer=peer, **kwargs)
 
-    async def move_series(self, series_uid: str, *, peer: DicomNode, study_uid: str | None = None,
-                          **kwargs: Any) -> RetrieveResult:
+    async def move_series(
+        self, series_uid: str, *, peer: DicomNode, study_uid: str | None = None, **kwargs: Any
+    ) -> RetrieveResult:
         """C-MOVE every instance of a series to our Storage SCP."""
         request = RetrieveRequest.series(series_uid, study_uid)
         return await self.retrieve("move", request, peer=peer, **kwargs)
 
-    async def move_instance(self, sop_uid: str | Sequence[str], *, peer: DicomNode,
-                            series_uid: str | None = None, study_uid: str | None = None,
-                            **kwargs: Any) -> RetrieveResult:
+    async def move_instance(
+        self,
+        sop_uid: str | Sequence[str],
+        *,
+        peer: DicomNode,
+        series_uid: str | None = None,
+        study_uid: str | None = None,
+        **kwargs: Any,
+    ) -> RetrieveResult:
         """C-MOVE one instance (or several of one series) to our Storage SCP."""
         request = RetrieveRequest.instances(sop_uid, series_uid, study_uid)
         return await self.retrieve("move", request, peer=peer, **kwargs)
@@ -255,9 +274,7 @@ class DicomClient:
 
 def _check(query: Any, expected: type[T]) -> T:
     if not isinstance(query, expected):
-        raise InvalidInputError(
-            f"expected a {expected.__name__}, got {type(query).__name__}"
-        )
+        raise InvalidInputError(f"expected a {expected.__name__}, got {type(query).__name__}")
     return query
 
 

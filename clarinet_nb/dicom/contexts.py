@@ -67,9 +67,22 @@ ALL_SYNTAXES: tuple[str, ...] = (
     *COMPRESSED_SYNTAXES,
 )
 
-_NON_IMAGE_WORDS = ("SR Storage", "Document", "Presentation State", "Waveform", "Raw Data",
-                    "Encapsulated", "RT Plan", "RT Structure", "RT Beams", "Spectroscopy",
-                    "Registration", "Segmentation Storage", "Surface", "Measurements")
+_NON_IMAGE_WORDS = (
+    "SR Storage",
+    "Document",
+    "Presentation State",
+    "Waveform",
+    "Raw Data",
+    "Encapsulated",
+    "RT Plan",
+    "RT Structure",
+    "RT Beams",
+    "Spectroscopy",
+    "Registration",
+    "Segmentation Storage",
+    "Surface",
+    "Measurements",
+)
 
 
 def is_image_class(sop_class_uid: str) -> bool:
@@ -143,7 +156,7 @@ def plan_syntax_chunks(sop_classes: Iterable[str], syntaxes: Sequence[str]) -> l
     budget = MAX_CONTEXTS - 1
     return [
         _chunk(part, [build_context(uid, list(syntaxes)) for uid in part])
-        for part in (classes[i:i + budget] for i in range(0, len(classes), budget))
+        for part in (classes[i : i + budget] for i in range(0, len(classes), budget))
     ]
 
 

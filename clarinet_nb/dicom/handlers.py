@@ -17,13 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, Association, build_context, evt
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 
 from clarinet_nb.dicom.association import (
     Timeouts,
@@ -46,6 +48,16 @@ Locator = Callable[[str], tuple[str, str] | None]
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+
+
+def store_request(event: evt.Event) -> C_STORE:
+    """The C-STORE request of an EVT_C_STORE event."""
+    return cast(C_STORE, event.request)
+
+
+def received_bytes(event: evt.Event) -> BytesIO:
+    """The encoded dataset of an EVT_C_STORE event, as received."""
+    return cast(BytesIO, store_request(event).DataSet)
 
 
 @dataclass
@@ -106,7 +118,7 @@ def _read_location(event: evt.Event) -> tuple[str, str]:
         ds = event.dataset
     else:
         ds = read_dataset(
-            BytesIO(event.request.DataSet.getvalue()),
+            BytesIO(received_bytes(event).getvalue()),
             is_implicit_VR=syntax.is_implicit_VR,
             is_little_endian=syntax.is_little_endian,
             stop_when=lambda tag, vr, length: tag > 0x0020000E,
@@ -124,7 +136,7 @@ def _write_atomically(path: Path, event: evt.Event) -> None:
             meta = BytesIO()
             write_file_meta_info(meta, event.file_meta, enforce_standard=True)  # type: ignore[arg-type]
             fh.write(meta.getbuffer())
-            fh.write(event.request.DataSet.getbuffer())
+            fh.write(received_bytes(event).getbuffer())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -203,7 +215,10 @@ class ForwardSink:
                     contexts = [build_context(cls, ts) for cls, ts in sorted(negotiated)]
                     try:
                         assoc = open_association(
-                            ae, self.node, contexts=contexts[-127:], max_pdu=self.max_pdu,
+                            ae,
+                            self.node,
+                            contexts=contexts[-127:],
+                            max_pdu=self.max_pdu,
                             purpose="forward",
                         )
                     except DicomError as exc:
@@ -234,7 +249,7 @@ class StorageHandler:
         calling_aet: str = "CLARINET",
         timeouts: Timeouts | None = None,
         max_pdu: int = 16384,
-        on_received: Callable[[int], None] | None = None,
+        on_received: Callable[[int], object] | None = None,
     ) -> None:
         self.storage = storage
         self.tally = Tally()
@@ -247,12 +262,15 @@ class StorageHandler:
             self.sink = MemorySink()
         else:
             assert storage.forward_to is not None
-            self.sink = ForwardSink(storage.forward_to, calling_aet, timeouts or Timeouts(), max_pdu)
+            self.sink = ForwardSink(
+                storage.forward_to, calling_aet, timeouts or Timeouts(), max_pdu
+            )
 
     def __call__(self, event: evt.Event) -> int:
         """Handle one C-STORE request; returns its status."""
-        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
-        size = len(event.request.DataSet.getbuffer()) if event.request.DataSet else 0
+        request = store_request(event)
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        size = len(request.DataSet.getbuffer()) if request.DataSet else 0
         try:
             self.sink.store(event, sop_uid, self.tally)
         except OSError as exc:

@@ -221,21 +221,25 @@ class DicomOperations:
             logger.warning(
                 "%s stopped the %s C-FIND after %d matches (a result limit): "
                 "more studies may match; narrow the query",
-                peer, query.level.value, len(outcome.datasets),
+                peer,
+                query.level.value,
+                len(outcome.datasets),
             )
         if emptied:
             logger.warning(
                 "%d match(es) from %s have person names reduced to '^' separators: the peer "
                 "answered in a character set that cannot carry them (Orthanc: set "
                 "DefaultEncoding to Utf8)",
-                emptied, peer,
+                emptied,
+                peer,
             )
         return outcome
 
     # -- C-GET / C-MOVE -------------------------------------------------------------------
 
-    def plan(self, request: RetrieveRequest, peer: DicomNode,
-             cancel: CancelToken | None = None) -> RetrievePlan:
+    def plan(
+        self, request: RetrieveRequest, peer: DicomNode, cancel: CancelToken | None = None
+    ) -> RetrievePlan:
         """Ask ``peer`` which instances ``request`` covers (IMAGE level C-FIND)."""
         query = request.pre_query().model_copy(update={"return_keys": ("SOPClassUID",)})
         outcome = self.find(query, peer, cancel=cancel)
@@ -268,14 +272,18 @@ class DicomOperations:
             plan = self.plan(request, peer, cancel)
             if not plan.instances:
                 result = self._result(method, request, peer, plan, None, None, started)
-                raise NotFoundError(f"nothing on {peer} matches the {method} request", result=result)
+                raise NotFoundError(
+                    f"nothing on {peer} matches the {method} request", result=result
+                )
             if request.study_uid is None and request.level is not QueryLevel.STUDY:
                 studies = {i.study_uid for i in plan.instances}
                 series = {i.series_uid for i in plan.instances}
                 if len(studies) == 1 and (len(series) == 1 or request.level is QueryLevel.SERIES):
                     request = RetrieveRequest(
-                        request.level, study_uid=studies.pop(),
-                        series_uid=request.series_uid or (series.pop() if len(series) == 1 else None),
+                        request.level,
+                        study_uid=studies.pop(),
+                        series_uid=request.series_uid
+                        or (series.pop() if len(series) == 1 else None),
                         sop_uids=request.sop_uids,
                     )
             if progress is not None:
@@ -322,8 +330,15 @@ class DicomOperations:
             _raise_for(result, peer, self.calling_aet, self.scp_port)
         return result
 
-    def _get(self, request: RetrieveRequest, peer: DicomNode, plan: RetrievePlan | None,
-             handler: StorageHandler, counters: _Counters, cancel: CancelToken | None) -> None:
+    def _get(
+        self,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan | None,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+    ) -> None:
         """C-GET over as many associations as the SOP classes need.
 
         First pass: when the pre-query named every SOP class, each association
@@ -340,12 +355,14 @@ class DicomOperations:
             for chunk in chunks:
                 if _cancelled(cancel):
                     return
-                self._get_on_association(ae, request, peer, plan, chunk, len(chunks), handler,
-                                         counters, cancel, None)
+                self._get_on_association(
+                    ae, request, peer, plan, chunk, len(chunks), handler, counters, cancel, None
+                )
         else:
             chunk = plan_get_chunks(default_storage_classes())[0]
-            self._get_on_association(ae, request, peer, None, chunk, 1, handler, counters,
-                                     cancel, None)
+            self._get_on_association(
+                ae, request, peer, None, chunk, 1, handler, counters, cancel, None
+            )
         if plan is None:
             return
         for syntaxes in REPAIR_PASSES:
@@ -353,26 +370,54 @@ class DicomOperations:
             if not missing or _cancelled(cancel):
                 return
             classes = [i.sop_class_uid for i in missing] if known else default_storage_classes()
-            logger.info("C-GET repair pass for %d missing instance(s), offering %s",
-                        len(missing), ", ".join(UID(ts).name for ts in syntaxes))
+            logger.info(
+                "C-GET repair pass for %d missing instance(s), offering %s",
+                len(missing),
+                ", ".join(UID(ts).name for ts in syntaxes),
+            )
             counters.retry()
             for chunk in plan_syntax_chunks(classes, syntaxes):
                 wanted = [
-                    i for i in missing
+                    i
+                    for i in missing
                     if i.sop_uid not in handler.tally.arrived
                     and (not known or i.sop_class_uid in chunk.sop_classes)
                 ]
                 if wanted and not _cancelled(cancel):
-                    self._get_on_association(ae, request, peer, None, chunk, 1, handler,
-                                             counters, cancel, _identifiers_for(wanted))
+                    self._get_on_association(
+                        ae,
+                        request,
+                        peer,
+                        None,
+                        chunk,
+                        1,
+                        handler,
+                        counters,
+                        cancel,
+                        _identifiers_for(wanted),
+                    )
 
-    def _get_on_association(self, ae: AE, request: RetrieveRequest, peer: DicomNode,
-                            plan: RetrievePlan | None, chunk: GetChunk, n_chunks: int,
-                            handler: StorageHandler, counters: _Counters,
-                            cancel: CancelToken | None, identifiers: list[Dataset] | None) -> None:
+    def _get_on_association(
+        self,
+        ae: AE,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan | None,
+        chunk: GetChunk,
+        n_chunks: int,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+        identifiers: list[Dataset] | None,
+    ) -> None:
         assoc = open_association(
-            ae, peer, contexts=chunk.contexts, ext_neg=chunk.roles(),
-            evt_handlers=handler.handlers(), max_pdu=self.max_pdu, purpose="C-GET",
+            ae,
+            peer,
+            contexts=chunk.contexts,
+            ext_neg=chunk.roles(),
+            evt_handlers=handler.handlers(),
+            max_pdu=self.max_pdu,
+            purpose="C-GET",
         )
         counters.associations += 1
         try:
@@ -383,22 +428,30 @@ class DicomOperations:
             for identifier in identifiers:
                 counters.msg_id += 1
                 responses = assoc.send_c_get(identifier, model, msg_id=counters.msg_id)
-                self._consume(assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET",
-                              model)
+                self._consume(
+                    assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET", model
+                )
                 if cancel is not None and cancel.cancelled:
                     return
         finally:
             release(assoc)
 
-    def _get_identifiers(self, assoc: Association, request: RetrieveRequest,
-                         plan: RetrievePlan | None, chunk: GetChunk, n_chunks: int,
-                         handler: StorageHandler) -> list[Dataset]:
+    def _get_identifiers(
+        self,
+        assoc: Association,
+        request: RetrieveRequest,
+        plan: RetrievePlan | None,
+        chunk: GetChunk,
+        n_chunks: int,
+        handler: StorageHandler,
+    ) -> list[Dataset]:
         """C-GET identifiers for one association: the request itself when it can
         carry everything, else per-series instance lists of what was negotiated."""
         if plan is None:
             return [request.identifier()]
         accepted = {
-            str(cx.abstract_syntax) for cx in assoc.accepted_contexts
+            str(cx.abstract_syntax)
+            for cx in assoc.accepted_contexts
             if cx.as_scp and str(cx.abstract_syntax) in chunk.sop_classes
         }
         refused = [uid for uid in chunk.sop_classes if uid not in accepted]
@@ -407,19 +460,35 @@ class DicomOperations:
                 f"{peer_name(assoc)} refused storage of SOP class {inst.sop_class_uid}"
             )
         if refused:
-            logger.warning("the peer refused C-GET storage contexts for %d SOP class(es): %s",
-                           len(refused), ", ".join(refused))
+            logger.warning(
+                "the peer refused C-GET storage contexts for %d SOP class(es): %s",
+                len(refused),
+                ", ".join(refused),
+            )
         if n_chunks == 1 and not refused:
             return [request.identifier()]
         return _identifiers_for(plan.of_classes(accepted))
 
-    def _move(self, request: RetrieveRequest, peer: DicomNode, plan: RetrievePlan | None,
-              handler: StorageHandler, counters: _Counters, cancel: CancelToken | None) -> None:
+    def _move(
+        self,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan | None,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+    ) -> None:
         expected = frozenset(plan.sop_uids) if plan is not None else None
         extra = frozenset(plan.sop_classes) if plan is not None else frozenset()
         with receiving(
-            handler, aet=self.calling_aet, port=self.scp_port, ip=self.scp_ip,
-            max_pdu=self.max_pdu, timeouts=self.timeouts, expected=expected, extra_classes=extra,
+            handler,
+            aet=self.calling_aet,
+            port=self.scp_port,
+            ip=self.scp_ip,
+            max_pdu=self.max_pdu,
+            timeouts=self.timeouts,
+            expected=expected,
+            extra_classes=extra,
         ):
             ae = make_ae(self.calling_aet, self.timeouts)
             model = str(StudyRootQueryRetrieveInformationModelMove)
@@ -429,17 +498,28 @@ class DicomOperations:
             counters.associations += 1
             try:
                 _require_context(assoc, model, peer, "C-MOVE")
-                responses = assoc.send_c_move(request.identifier(), self.calling_aet, model, msg_id=1)
+                responses = assoc.send_c_move(
+                    request.identifier(), self.calling_aet, model, msg_id=1
+                )
                 self._consume(assoc, responses, counters, cancel, 1, peer, "C-MOVE", model)
             finally:
                 release(assoc)
 
-    def _consume(self, assoc: Association, responses: Iterator[tuple[Dataset, Dataset | None]],
-                 counters: _Counters, cancel: CancelToken | None, msg_id: int,
-                 peer: DicomNode, what: str, model: str) -> None:
+    def _consume(
+        self,
+        assoc: Association,
+        responses: Iterator[tuple[Dataset, Dataset | None]],
+        counters: _Counters,
+        cancel: CancelToken | None,
+        msg_id: int,
+        peer: DicomNode,
+        what: str,
+        model: str,
+    ) -> None:
         waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
-        with cancel_watch(assoc, cancel, msg_id=msg_id, query_model=model,
-                          grace=self.timeouts.cancel) as cancel_sent:
+        with cancel_watch(
+            assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
+        ) as cancel_sent:
             for status, identifier in responses:
                 code = status_of(status)
                 if code is None:
@@ -452,10 +532,17 @@ class DicomOperations:
                 counters.final(status, identifier)
                 return
 
-    def _result(self, method: Literal["get", "move"], request: RetrieveRequest, peer: DicomNode,
-                plan: RetrievePlan | None, handler: StorageHandler | None,
-                counters: _Counters | None, started: float,
-                cancel: CancelToken | None = None) -> RetrieveResult:
+    def _result(
+        self,
+        method: Literal["get", "move"],
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan | None,
+        handler: StorageHandler | None,
+        counters: _Counters | None,
+        started: float,
+        cancel: CancelToken | None = None,
+    ) -> RetrieveResult:
         counters = counters or _Counters()
         tally = handler.tally if handler else None
         received = list(tally.received) if tally else []
@@ -528,7 +615,7 @@ def _identifiers_for(instances: Sequence[PlannedInstance], per_request: int = 50
     for inst in instances:
         groups.setdefault((inst.study_uid, inst.series_uid), []).append(inst.sop_uid)
     return [
-        image_identifier(study, series, sops[i:i + per_request])
+        image_identifier(study, series, sops[i : i + per_request])
         for (study, series), sops in groups.items()
         for i in range(0, len(sops), per_request)
     ]
@@ -561,9 +648,7 @@ def _raise_for(result: RetrieveResult, peer: DicomNode, aet: str, port: int) -> 
             result=result,
         )
     if result.status is RetrieveStatus.NOT_FOUND:
-        raise NotFoundError(
-            f"nothing on {peer} matched the {result.method} request", result=result
-        )
+        raise NotFoundError(f"nothing on {peer} matched the {result.method} request", result=result)
     raise PartialRetrieveError(
         f"{result.method.upper()} from {peer} incomplete: {result.summary()}; "
         f"peer status: {result.message or 'none'}",

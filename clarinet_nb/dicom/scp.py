@@ -19,7 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from clarinet_nb.dicom.association import Timeouts, tune_connection
 from clarinet_nb.dicom.contexts import scp_storage_contexts
-from clarinet_nb.dicom.handlers import StorageHandler
+from clarinet_nb.dicom.handlers import StorageHandler, store_request
 from clarinet_nb.errors import LocalPortError
 
 __all__ = ["receiving"]
@@ -45,7 +45,7 @@ class _Listener:
 
     def dispatch(self, event: evt.Event) -> int:
         """Route one C-STORE to the move expecting it."""
-        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        sop_uid = str(store_request(event).AffectedSOPInstanceUID or "")
         with self.lock:
             routes = list(self.routes)
         chosen = next((r for r in routes if r.expected and sop_uid in r.expected), None)
@@ -62,8 +62,9 @@ _listeners: dict[tuple[str, int], _Listener] = {}
 _registry_lock = threading.Lock()
 
 
-def _start(aet: str, ip: str, port: int, max_pdu: int, timeouts: Timeouts,
-           extra_classes: frozenset[str]) -> _Listener:
+def _start(
+    aet: str, ip: str, port: int, max_pdu: int, timeouts: Timeouts, extra_classes: frozenset[str]
+) -> _Listener:
     ae = AE(ae_title=aet)
     ae.supported_contexts = scp_storage_contexts(extra_classes)
     ae.maximum_pdu_size = max_pdu
@@ -91,7 +92,9 @@ def _start(aet: str, ip: str, port: int, max_pdu: int, timeouts: Timeouts,
     # pay that when the listener stops, so we run the loop with a short poll.
     ae._servers.append(server)
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": _POLL}, name=f"clarinet-scp-{port}",
+        target=server.serve_forever,
+        kwargs={"poll_interval": _POLL},
+        name=f"clarinet-scp-{port}",
         daemon=True,
     )
     thread.start()
@@ -128,9 +131,7 @@ def receiving(
     with _registry_lock:
         listener = _listeners.get(key)
         if listener is not None and listener.aet != aet:
-            raise LocalPortError(
-                f"port {port} already serves C-MOVEs as {listener.aet}, not {aet}"
-            )
+            raise LocalPortError(f"port {port} already serves C-MOVEs as {listener.aet}, not {aet}")
         if listener is None:
             listener = _start(aet, key[0], port, max_pdu, timeouts or Timeouts(), extra_classes)
             _listeners[key] = listener

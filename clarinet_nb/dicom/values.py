@@ -188,7 +188,7 @@ def element_to_python(elem: DataElement) -> Any:
         return None
     try:
         value = elem.value
-    except Exception:  # pydicom may fail decoding a malformed value
+    except Exception:  # noqa: BLE001 - pydicom may fail decoding a malformed value
         return None
     if isinstance(value, MultiValue | list | tuple):
         items = [_scalar(vr, v) for v in value]
