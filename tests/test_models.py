@@ -187,3 +187,28 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert custom.pacs_host == "127.0.0.2"
     assert custom.dicom_max_pdu == 0
     assert custom.dimse_timeout == 5.0
+
+
+@pytest.mark.parametrize("sop", ["1.2.3.4", "1.2.3.45"])
+def test_file_header_is_valid_part10(sop: str) -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from clarinet_nb.dicom.filemeta import file_header
+
+    ds = Dataset()
+    ds.SOPInstanceUID = sop
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    body = DicomBytesIO()
+    body.is_implicit_VR, body.is_little_endian = True, True
+    write_dataset(body, ds)
+    header = file_header("1.2.840.10008.5.1.4.1.1.7", sop, "1.2.840.10008.1.2", "PACS")
+    read = dcmread(BytesIO(header + body.getvalue()))
+    assert read.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert read.file_meta.MediaStorageSOPInstanceUID == sop
+    assert read.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert read.file_meta.SourceApplicationEntityTitle == "PACS"
+    assert read.SOPInstanceUID == sop

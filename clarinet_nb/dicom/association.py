@@ -149,6 +149,7 @@ def open_association(
     )
     if assoc.is_established:
         logger.debug("associated with %s for %s", peer, purpose)
+        _park_reactor(assoc, ae.acse_timeout or 30.0)
         return assoc
     elapsed = time.monotonic() - started
     where = f"{peer} ({purpose})"
@@ -182,6 +183,47 @@ def open_association(
     )
 
 
+class _ParkedCheckpoint(threading.Event):
+    """Stands in for ``Association._reactor_checkpoint`` on our requestor associations.
+
+    pynetdicom's requestor reactor thread takes DIMSE messages off the queue
+    whenever it is not paused, and its pause handshake has a window: now and
+    then it steals a C-FIND or C-GET response from the ``send_c_*`` generator
+    (seen here as a silently missing match).  We consume every message
+    ourselves, so the reactor thread is parked in :meth:`wait` until the
+    association is torn down (``kill()``).
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        super().set()
+        self._assoc = assoc
+        self._cond = threading.Condition()
+        self.parked = threading.Event()
+
+    def set(self) -> None:
+        super().set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is not self._assoc:
+            return super().wait(timeout)
+        self.parked.set()
+        with self._cond:
+            while not self._assoc._kill:
+                self._cond.wait(0.05)  # kill() sets the flag just after set()
+        return True
+
+
+def _park_reactor(assoc: Association, limit: float) -> None:
+    checkpoint = _ParkedCheckpoint(assoc)
+    assoc._reactor_checkpoint = checkpoint
+    # Wait until the reactor is parked: only then can no response be stolen.
+    if not checkpoint.parked.wait(limit) and assoc.is_established:
+        logger.debug("pynetdicom's reactor did not park within %.0f s", limit)
+
+
 _REJECT_HINTS: dict[tuple[int, int], str] = {
     (1, 2): ": application context not supported",
     (1, 3): ": our calling AE title is not known to the peer; register it on the PACS",
@@ -195,7 +237,9 @@ _REJECT_HINTS: dict[tuple[int, int], str] = {
 def release(assoc: Association) -> None:
     """Release ``assoc`` if still established; abort if release fails."""
     try:
-        if assoc.is_established:
+        if assoc.acse.is_aborted() or not assoc.dul.is_alive():
+            assoc.kill()  # the peer aborted or the connection dropped: nothing to release
+        elif assoc.is_established:
             assoc.release()
     except Exception:
         logger.debug("release failed, aborting", exc_info=True)

@@ -21,7 +21,6 @@ from typing import Any, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -34,6 +33,7 @@ from clarinet_nb.dicom.association import (
     release,
     status_of,
 )
+from clarinet_nb.dicom.filemeta import file_header
 from clarinet_nb.dicom.models import DicomNode, StorageConfig, StorageMode
 from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.errors import DicomError
@@ -96,12 +96,16 @@ class DiskSink:
         self.root = root
         self.locator = locator
         self.overwrite = overwrite
+        self._made: set[Path] = set()
 
     def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
         located = self.locator(sop_uid) if self.locator else None
         if located is None:
             located = _read_location(event)
         path = instance_path(self.root, located[0], located[1], sop_uid)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         if self.overwrite or not path.exists():
             _write_atomically(path, event)
         with tally.lock:
@@ -128,14 +132,19 @@ def _read_location(event: evt.Event) -> tuple[str, str]:
 
 def _write_atomically(path: Path, event: evt.Event) -> None:
     """Write preamble, file meta and the raw dataset to a temp name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    request = store_request(event)
+    assoc = event.assoc
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    header = file_header(
+        str(request.AffectedSOPClassUID or ""),
+        str(request.AffectedSOPInstanceUID or ""),
+        str(event.context.transfer_syntax),
+        str(peer.ae_title or ""),
+    )
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         with tmp.open("wb") as fh:
-            fh.write(b"\x00" * 128 + b"DICM")
-            meta = BytesIO()
-            write_file_meta_info(meta, event.file_meta, enforce_standard=True)  # type: ignore[arg-type]
-            fh.write(meta.getbuffer())
+            fh.write(header)
             fh.write(received_bytes(event).getbuffer())
         os.replace(tmp, path)
     except BaseException:

@@ -8,6 +8,7 @@ them send C-CANCEL and, if the peer ignores it, abort.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ from clarinet_nb.dicom.models import (
     StorageConfig,
 )
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
-from clarinet_nb.dicom.queries import AnyQuery, QueryLevel
+from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
 from clarinet_nb.dicom.results import names_look_emptied
 from clarinet_nb.dicom.scp import receiving
@@ -72,6 +73,8 @@ __all__ = ["DicomOperations", "FindOutcome", "Progress"]
 logger = logging.getLogger("clarinet_nb")
 
 PENDING = (0xFF00, 0xFF01)
+_STUDY_FIND = str(StudyRootQueryRetrieveInformationModelFind)
+_PATIENT_FIND = str(PatientRootQueryRetrieveInformationModelFind)
 CANCEL = 0xFE00
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
@@ -171,56 +174,72 @@ class DicomOperations:
         on_match: Callable[[Dataset], None] | None = None,
     ) -> FindOutcome:
         """C-FIND ``query`` on ``peer``; returns every match and how the query ended."""
-        identifier = query.to_dataset()
-        model = (
-            PatientRootQueryRetrieveInformationModelFind
-            if query.level is QueryLevel.PATIENT
-            else StudyRootQueryRetrieveInformationModelFind
-        )
+        identifier = query.to_dataset()  # validates before any traffic
+        with self._find_association(peer) as assoc:
+            return self._find_on(assoc, query, identifier, peer, cancel, on_match)
+
+    @contextlib.contextmanager
+    def _find_association(self, peer: DicomNode) -> Iterator[Association]:
+        """One association offering the Study Root and Patient Root FIND models."""
         ae = make_ae(self.calling_aet, self.timeouts)
+        contexts = [build_context(_STUDY_FIND), build_context(_PATIENT_FIND)]
         assoc = open_association(
-            ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-FIND"
+            ae, peer, contexts=contexts, max_pdu=self.max_pdu, purpose="C-FIND"
         )
+        try:
+            yield assoc
+        finally:
+            release(assoc)
+
+    def _find_on(
+        self,
+        assoc: Association,
+        query: AnyQuery,
+        identifier: Dataset,
+        peer: DicomNode,
+        cancel: CancelToken | None,
+        on_match: Callable[[Dataset], None] | None = None,
+    ) -> FindOutcome:
+        model = _PATIENT_FIND if query.level is QueryLevel.PATIENT else _STUDY_FIND
+        _require_context(assoc, model, peer, "C-FIND")
         outcome = FindOutcome()
         waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
         emptied = 0
-        try:
-            _require_context(assoc, str(model), peer, "C-FIND")
-            responses = assoc.send_c_find(identifier, model, msg_id=1)
-            with cancel_watch(
-                assoc, cancel, msg_id=1, query_model=str(model), grace=self.timeouts.cancel
-            ) as cancel_sent:
-                for status, match in responses:
-                    code = status_of(status)
-                    if code is None:
-                        if cancel_sent.is_set():
-                            outcome.cancelled = True
-                            break
-                        raise waiter.failure("C-FIND")
-                    waiter.touch()
-                    if code in PENDING:
-                        if match is not None and not cancel_sent.is_set():
-                            emptied += names_look_emptied(match)
-                            outcome.datasets.append(match)
-                            if on_match is not None:
-                                on_match(match)
-                        continue
-                    outcome.status = code
-                    outcome.cancelled = cancel_sent.is_set()
-                    if code == CANCEL:
-                        outcome.truncated = not outcome.cancelled
-                    elif code != 0x0000:
-                        raise QueryError(
-                            f"{peer} ended the {query.level.value} C-FIND with {describe(code)} "
-                            f"after {len(outcome.datasets)} match(es)",
-                            status=code,
-                        )
-        finally:
-            release(assoc)
+        self._msg_id = getattr(self, "_msg_id", 0) % 65000 + 1
+        msg_id = self._msg_id
+        responses = assoc.send_c_find(identifier, model, msg_id=msg_id)
+        with cancel_watch(
+            assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
+        ) as cancel_sent:
+            for status, match in responses:
+                code = status_of(status)
+                if code is None:
+                    if cancel_sent.is_set():
+                        outcome.cancelled = True
+                        break
+                    raise waiter.failure("C-FIND")
+                waiter.touch()
+                if code in PENDING:
+                    if match is not None and not cancel_sent.is_set():
+                        emptied += names_look_emptied(match)
+                        outcome.datasets.append(match)
+                        if on_match is not None:
+                            on_match(match)
+                    continue
+                outcome.status = code
+                outcome.cancelled = cancel_sent.is_set()
+                if code == CANCEL:
+                    outcome.truncated = not outcome.cancelled
+                elif code != 0x0000:
+                    raise QueryError(
+                        f"{peer} ended the {query.level.value} C-FIND with {describe(code)} "
+                        f"after {len(outcome.datasets)} match(es)",
+                        status=code,
+                    )
         if outcome.truncated:
             logger.warning(
                 "%s stopped the %s C-FIND after %d matches (a result limit): "
-                "more studies may match; narrow the query",
+                "more may match; narrow the query",
                 peer,
                 query.level.value,
                 len(outcome.datasets),
@@ -240,10 +259,32 @@ class DicomOperations:
     def plan(
         self, request: RetrieveRequest, peer: DicomNode, cancel: CancelToken | None = None
     ) -> RetrievePlan:
-        """Ask ``peer`` which instances ``request`` covers (IMAGE level C-FIND)."""
-        query = request.pre_query().model_copy(update={"return_keys": ("SOPClassUID",)})
-        outcome = self.find(query, peer, cancel=cancel)
-        return RetrievePlan.from_datasets(outcome.datasets)
+        """Ask ``peer`` which instances ``request`` covers, on one association.
+
+        Asking for SOPClassUID at IMAGE level makes Orthanc open every file, so
+        when the study's SOPClassesInStudy fits one C-GET association we list the
+        instances without it; otherwise (or for peers that do not answer
+        SOPClassesInStudy, like dcmqrscp) each instance's SOPClassUID is asked.
+        """
+        with self._find_association(peer) as assoc:
+            declared: list[str] = []
+            if request.study_uid:
+                study = StudyQuery(
+                    study_instance_uid=request.study_uid, return_keys=("SOPClassesInStudy",)
+                )
+                found = self._find_on(assoc, study, study.to_dataset(), peer, cancel)
+                for ds in found.datasets:
+                    value = ds.get("SOPClassesInStudy") or []
+                    declared += [str(v) for v in ([value] if isinstance(value, str) else value)]
+            lean = bool(declared) and len(plan_get_chunks(declared)) == 1
+            query = request.pre_query()
+            identifier = query.to_dataset()
+            if lean:
+                del identifier.SOPClassUID
+            outcome = self._find_on(assoc, query, identifier, peer, cancel)
+        return RetrievePlan.from_datasets(
+            outcome.datasets, declared_classes=declared if lean else ()
+        )
 
     def retrieve(
         self,
@@ -369,7 +410,7 @@ class DicomOperations:
             missing = [i for i in plan.instances if i.sop_uid not in handler.tally.arrived]
             if not missing or _cancelled(cancel):
                 return
-            classes = [i.sop_class_uid for i in missing] if known else default_storage_classes()
+            classes = plan.classes_of(missing) if known else default_storage_classes()
             logger.info(
                 "C-GET repair pass for %d missing instance(s), offering %s",
                 len(missing),
@@ -381,7 +422,7 @@ class DicomOperations:
                     i
                     for i in missing
                     if i.sop_uid not in handler.tally.arrived
-                    and (not known or i.sop_class_uid in chunk.sop_classes)
+                    and (not known or not i.sop_class_uid or i.sop_class_uid in chunk.sop_classes)
                 ]
                 if wanted and not _cancelled(cancel):
                     self._get_on_association(
@@ -465,8 +506,9 @@ class DicomOperations:
                 len(refused),
                 ", ".join(refused),
             )
-        if n_chunks == 1 and not refused:
-            return [request.identifier()]
+        per_instance = all(i.sop_class_uid for i in plan.instances)
+        if n_chunks == 1 and (not refused or not per_instance):
+            return [request.identifier()]  # what cannot come is left to the repair passes
         return _identifiers_for(plan.of_classes(accepted))
 
     def _move(

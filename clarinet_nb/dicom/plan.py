@@ -25,9 +25,13 @@ class RetrievePlan:
     """The instances a retrieve should bring, from the pre-query."""
 
     instances: list[PlannedInstance] = field(default_factory=list)
+    declared_classes: tuple[str, ...] = ()
+    """SOP classes the peer declared for the study (SOPClassesInStudy), if asked."""
 
     @classmethod
-    def from_datasets(cls, rows: Iterable[Dataset]) -> RetrievePlan:
+    def from_datasets(
+        cls, rows: Iterable[Dataset], declared_classes: Iterable[str] = ()
+    ) -> RetrievePlan:
         """Build from IMAGE level C-FIND responses (duplicates dropped)."""
         seen: dict[str, PlannedInstance] = {}
         for ds in rows:
@@ -40,7 +44,7 @@ class RetrievePlan:
                 sop_uid=sop,
                 sop_class_uid=str(ds.get("SOPClassUID", "") or "").strip(),
             )
-        return cls(list(seen.values()))
+        return cls(list(seen.values()), tuple(dict.fromkeys(declared_classes)))
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -52,13 +56,19 @@ class RetrievePlan:
 
     @property
     def sop_classes(self) -> list[str]:
-        """SOP classes present (in order of first appearance)."""
-        return list(dict.fromkeys(i.sop_class_uid for i in self.instances if i.sop_class_uid))
+        """SOP classes present (declared for the study, or of each instance)."""
+        found = [i.sop_class_uid for i in self.instances if i.sop_class_uid]
+        return list(dict.fromkeys([*self.declared_classes, *found]))
 
     @property
     def classes_known(self) -> bool:
-        """True when the peer told us the SOP class of every instance."""
-        return all(i.sop_class_uid for i in self.instances)
+        """True when the peer told us which SOP classes are present."""
+        return bool(self.declared_classes) or all(i.sop_class_uid for i in self.instances)
+
+    def classes_of(self, instances: Iterable[PlannedInstance]) -> list[str]:
+        """SOP classes to offer for ``instances`` (all declared ones when unknown)."""
+        classes = [i.sop_class_uid for i in instances if i.sop_class_uid]
+        return list(dict.fromkeys(classes)) if classes else list(self.declared_classes)
 
     def locate(self, sop_uid: str) -> tuple[str, str] | None:
         """(study, series) of an expected instance, for file paths."""

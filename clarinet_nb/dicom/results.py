@@ -183,9 +183,10 @@ def names_look_emptied(ds: Dataset) -> bool:
     That is what a peer answering in a character set that cannot carry the
     name (e.g. Orthanc with ``DefaultEncoding`` Latin1 and a Japanese name) sends.
     """
-    for elem in ds:
-        if elem.VR == "PN" and elem.value:
-            text = str(elem.value)
+    for raw in ds.elements():  # raw elements: only PN values get decoded
+        if raw.VR == "PN":
+            value = ds[raw.tag].value
+            text = str(value) if value else ""
             if text and not text.strip("^= "):
                 return True
     return False
