@@ -36,6 +36,7 @@ from clarinet_nb.dicom.models import (
     StudyResult,
 )
 from clarinet_nb.dicom.operations import DicomOperations, FindOutcome, Progress
+from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.errors import InvalidInputError
@@ -101,12 +102,20 @@ class DicomClient:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def run(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        cancel: CancelToken | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run a DicomOperations call in a worker thread, cancellably.
 
-        ``fn`` must accept a ``cancel=`` CancelToken keyword.
+        ``fn`` must accept a ``cancel=`` CancelToken keyword; pass ``cancel`` to
+        share one token between several calls (cancelling it stops them all).
         """
-        token = CancelToken()
+        token = cancel or CancelToken()
         loop = asyncio.get_running_loop()
         call = functools.partial(fn, *args, cancel=token, **kwargs)
         future = loop.run_in_executor(self._executor, call)
@@ -147,9 +156,17 @@ class DicomClient:
         await self.run(_echo)
         return True
 
-    async def find(self, query: AnyQuery, *, peer: DicomNode) -> FindOutcome:
+    async def find(
+        self, query: AnyQuery, *, peer: DicomNode, cancel: CancelToken | None = None
+    ) -> FindOutcome:
         """C-FIND returning the raw pydicom datasets and how the query ended."""
-        return await self.run(self.operations.find, query, peer)
+        return await self.run(self.operations.find, query, peer, cancel=cancel)
+
+    async def plan(
+        self, request: RetrieveRequest, *, peer: DicomNode, cancel: CancelToken | None = None
+    ) -> RetrievePlan:
+        """List what ``request`` would retrieve (the pre-query of a retrieve)."""
+        return await self.run(self.operations.plan, request, peer, cancel=cancel)
 
     async def _find(self, query: AnyQuery, peer: DicomNode, model: type[Any]) -> QueryResults[Any]:
         outcome = await self.find(query, peer=peer)
@@ -194,6 +211,9 @@ class DicomClient:
         storage: StorageConfig | None = None,
         progress: bool | Progress = False,
         query_first: bool = True,
+        plan: RetrievePlan | None = None,
+        cancel: CancelToken | None = None,
+        on_stored: Callable[[str, int], object] | None = None,
     ) -> RetrieveResult:
         """Retrieve ``request`` by C-GET or C-MOVE (see the get_*/move_* shortcuts).
 
@@ -218,6 +238,9 @@ class DicomClient:
                 config,
                 progress=bar,
                 query_first=query_first,
+                plan=plan,
+                cancel=cancel,
+                on_stored=on_stored,
             )
         finally:
             if own_bar and isinstance(bar, tqdm):

@@ -259,10 +259,12 @@ class StorageHandler:
         timeouts: Timeouts | None = None,
         max_pdu: int = 16384,
         on_received: Callable[[int], object] | None = None,
+        on_stored: Callable[[str, int], object] | None = None,
     ) -> None:
         self.storage = storage
         self.tally = Tally()
         self.on_received = on_received
+        self.on_stored = on_stored
         self.sink: _Sink
         if storage.mode is StorageMode.DISK:
             assert storage.output_dir is not None
@@ -297,6 +299,8 @@ class StorageHandler:
             self.tally.bytes_received += size
         if self.on_received is not None:
             self.on_received(1)
+        if self.on_stored is not None:
+            self.on_stored(sop_uid, size)
         return SUCCESS
 
     def _fail(self, sop_uid: str, reason: str) -> None:

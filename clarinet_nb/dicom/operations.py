@@ -297,20 +297,23 @@ class DicomOperations:
         progress: Progress | None = None,
         query_first: bool = True,
         raise_on_error: bool = True,
+        plan: RetrievePlan | None = None,
+        on_stored: Callable[[str, int], object] | None = None,
     ) -> RetrieveResult:
         """C-GET or C-MOVE ``request`` from ``peer`` into ``storage``.
 
         With ``query_first`` (default) an IMAGE level C-FIND first lists what
-        will come: C-GET then negotiates exactly the SOP classes present, and the
-        result names every instance that did not arrive.  Raises NotFoundError
-        when nothing matches and PartialRetrieveError when anything failed or is
-        missing (its ``result`` lists what arrived); a cancelled retrieve
-        returns a result with status CANCELLED.
+        will come (or pass the ``plan`` from :meth:`plan`): C-GET then negotiates
+        exactly the SOP classes present, and the result names every instance that
+        did not arrive.  Raises NotFoundError when nothing matches and
+        PartialRetrieveError when anything failed or is missing (its ``result``
+        lists what arrived); a cancelled retrieve returns a result with status
+        CANCELLED.  ``on_stored(sop_uid, nbytes)`` is called for every instance kept.
         """
         started = time.monotonic()
-        plan: RetrievePlan | None = None
-        if query_first:
+        if plan is None and query_first:
             plan = self.plan(request, peer, cancel)
+        if plan is not None:
             if not plan.instances:
                 result = self._result(method, request, peer, plan, None, None, started)
                 raise NotFoundError(
@@ -337,6 +340,7 @@ class DicomOperations:
             timeouts=self.timeouts,
             max_pdu=self.max_pdu,
             on_received=progress.update if progress is not None else None,
+            on_stored=on_stored,
         )
         counters = _Counters()
         broken: NetworkError | None = None
