@@ -30,10 +30,12 @@ from clarinet_nb.dicom import (
 from clarinet_nb.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
+    ClarinetWarning,
     DicomError,
     DicomTimeoutError,
     InvalidInputError,
     LocalPortError,
+    MemoryLimitError,
     MoveDestinationUnknownError,
     NetworkError,
     NotFoundError,
@@ -42,6 +44,16 @@ from clarinet_nb.errors import (
     PeerUnreachableError,
     QueryError,
     RetrieveError,
+)
+from clarinet_nb.notebook import (
+    DatasetList,
+    Pacs,
+    QueryCache,
+    connect,
+    header_frame,
+    read_headers,
+    to_frame,
+    write_headers,
 )
 from clarinet_nb.settings import Settings, settings
 
@@ -52,6 +64,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AssociationAbortedError",
     "AssociationRejectedError",
+    "ClarinetWarning",
+    "DatasetList",
     "CancelToken",
     "DateRange",
     "DicomClient",
@@ -64,14 +78,17 @@ __all__ = [
     "ImageResult",
     "InvalidInputError",
     "LocalPortError",
+    "MemoryLimitError",
     "MoveDestinationUnknownError",
     "NetworkError",
     "NotFoundError",
     "OperationError",
+    "Pacs",
     "PartialRetrieveError",
     "PatientQuery",
     "PatientResult",
     "PeerUnreachableError",
+    "QueryCache",
     "QueryError",
     "QueryLevel",
     "QueryResults",
@@ -89,5 +106,10 @@ __all__ = [
     "StudyResult",
     "Timeouts",
     "__version__",
+    "connect",
+    "header_frame",
+    "read_headers",
     "settings",
+    "to_frame",
+    "write_headers",
 ]

@@ -10,12 +10,16 @@ One base class, :class:`DicomError`, and a short tree grouped by cause::
     │   ├── AssociationAbortedError
     │   ├── DicomTimeoutError
     │   └── LocalPortError
+    ├── MemoryLimitError           an in-memory pull would exceed the memory limit
     └── OperationError             the peer answered, but not with success
         ├── QueryError
         └── RetrieveError          carries the RetrieveResult of what did arrive
             ├── NotFoundError
             ├── MoveDestinationUnknownError
             └── PartialRetrieveError
+
+``ClarinetWarning`` marks warnings about partial results (failed rows of a
+batch, truncated answers).
 
 pynetdicom's outcomes are translated to these classes in one place,
 ``clarinet_nb.dicom.association``; nothing else raises pynetdicom's errors at you.
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AssociationAbortedError",
     "AssociationRejectedError",
+    "ClarinetWarning",
+    "MemoryLimitError",
     "DicomError",
     "DicomTimeoutError",
     "InvalidInputError",
@@ -82,6 +88,20 @@ class DicomTimeoutError(NetworkError, TimeoutError):
 
 class LocalPortError(NetworkError):
     """Our own Storage SCP could not listen on its port (in use, no permission)."""
+
+
+class MemoryLimitError(DicomError):
+    """An in-memory pull would exceed the memory limit; nothing more is fetched."""
+
+    def __init__(self, message: str, *, projected_bytes: int, limit: int, received: int):
+        super().__init__(message)
+        self.projected_bytes = projected_bytes
+        self.limit = limit
+        self.received = received
+
+
+class ClarinetWarning(UserWarning):
+    """Results are usable but incomplete (failed batch rows, truncated answers)."""
 
 
 class OperationError(DicomError):

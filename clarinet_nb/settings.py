@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
 
     # Limits.
+    memory_limit: str = Field(
+        "2GB", description="Most an in-memory pull may bring (e.g. '500MB', '8GB')."
+    )
     max_associations: int = Field(
         4, ge=1, le=64, description="Concurrent associations one client opens at most."
     )

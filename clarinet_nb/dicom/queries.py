@@ -13,14 +13,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import BeforeValidator, ConfigDict, field_validator, model_validator
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 
 from clarinet_nb.dicom.base import StrictModel
-from clarinet_nb.dicom.values import check_uid, format_da, parse_dicom_date
+from clarinet_nb.dicom.values import check_uid, format_da, parse_dicom_date, set_key
 from clarinet_nb.errors import InvalidInputError
 
 __all__ = [
@@ -172,11 +172,11 @@ class _Query(StrictModel):
         keywords += list(self.return_keys)
         needs_utf8 = False
         for keyword in dict.fromkeys(keywords):
-            setattr(ds, keyword, "" if dictionary_VR(keyword) != "SQ" else [])
+            set_key(ds, keyword, "" if dictionary_VR(keyword) != "SQ" else [])
         for keyword, value in self.matching().items():
             encoded = _encode(keyword, value)
             needs_utf8 |= not encoded.isascii()
-            setattr(ds, keyword, encoded)
+            set_key(ds, keyword, encoded)
         if needs_utf8:
             ds.SpecificCharacterSet = "ISO_IR 192"
         return ds
@@ -294,4 +294,15 @@ class ImageQuery(_Query):
     instance_number: int | None = None
 
 
-AnyQuery = PatientQuery | StudyQuery | SeriesQuery | ImageQuery
+class Query(Protocol):
+    """What the operations layer needs of a query: its level and its identifier."""
+
+    @property
+    def level(self) -> QueryLevel:
+        """The Query/Retrieve level."""
+
+    def to_dataset(self) -> Dataset:
+        """The C-FIND identifier."""
+
+
+AnyQuery = Query

@@ -12,6 +12,8 @@ import datetime as dt
 import re
 from typing import Any
 
+from pydicom import Dataset, config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
@@ -19,6 +21,7 @@ from pydicom.valuerep import PersonName
 from clarinet_nb.errors import InvalidInputError
 
 __all__ = [
+    "set_key",
     "check_ae_title",
     "check_uid",
     "element_to_python",
@@ -197,3 +200,15 @@ def element_to_python(elem: DataElement) -> Any:
         return _scalar(vr, value)
     except (TypeError, ValueError):
         return None
+
+
+def set_key(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set a query key without pydicom's value validation.
+
+    Matching values legitimately break VR rules (``CT*`` in a CS, ranges in a
+    DA); our own validation has already run.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise InvalidInputError(f"{keyword!r} is not a DICOM keyword")
+    ds[tag] = DataElement(tag, dictionary_VR(keyword), value, validation_mode=config.IGNORE)

@@ -39,6 +39,7 @@ class OrthancServer(PeerProcess):
         max_pdu: int = 16384,
         default_encoding: str = "Utf8",
         http: bool = False,
+        lua: str = "",
     ) -> None:
         super().__init__(workdir, aet=aet, port=free_port(), tuned=tuned)
         self._http_port = free_port()
@@ -49,7 +50,15 @@ class OrthancServer(PeerProcess):
         self._max_pdu = max_pdu
         self._default_encoding = default_encoding
         self._http = http
+        self._lua = lua
         self._binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+    def _lua_path(self) -> Path:
+        """A Lua script (``lua=``) Orthanc loads, e.g. an ``IncomingFindRequestFilter``."""
+        path = self._workdir / "filter.lua"
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(self._lua, encoding="utf-8")
+        return path
 
     @property
     def http_port(self) -> int:
@@ -74,6 +83,7 @@ class OrthancServer(PeerProcess):
             "MaximumStorageSize": 0,
             "MaximumPatientCount": 0,
             "Plugins": [],
+            "LuaScripts": [str(self._lua_path())] if self._lua else [],
             "HttpServerEnabled": self._http,
             "HttpPort": self._http_port,
             "RemoteAccessAllowed": False,

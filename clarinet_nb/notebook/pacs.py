@@ -1,0 +1,396 @@
+"""``cnb.connect()``: a PACS for notebooks, DICOM keywords in, DataFrames out.
+
+Every method has an async twin (``find_studies`` / ``afind_studies``): the async
+ones run on the caller's event loop; the sync ones run the same coroutine on
+clarinet_nb's private loop (see :mod:`clarinet_nb.notebook.runner`), so they
+work in a plain script, inside a running Jupyter kernel, and where
+nest_asyncio has been applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydicom import dcmread
+
+from clarinet_nb.dicom.association import Timeouts
+from clarinet_nb.dicom.client import DicomClient
+from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.dicom.operations import FindOutcome
+from clarinet_nb.dicom.queries import QueryLevel
+from clarinet_nb.errors import ClarinetWarning, DicomError, InvalidInputError
+from clarinet_nb.notebook.cache import QueryCache
+from clarinet_nb.notebook.criteria import KeywordQuery, build_query
+from clarinet_nb.notebook.frames import empty_frame, to_frame
+from clarinet_nb.notebook.headers import header_frame, write_headers
+from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
+from clarinet_nb.notebook.pull import DatasetList, pull_to_disk, pull_to_memory
+from clarinet_nb.notebook.rows import QueryRow, query_rows, retrieve_targets
+from clarinet_nb.notebook.runner import run_sync
+from clarinet_nb.notebook.split import find_with_split
+from clarinet_nb.settings import Settings, settings
+
+__all__ = ["Pacs", "connect", "parse_size"]
+
+logger = logging.getLogger("clarinet_nb")
+
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+Split = Literal["auto"] | None
+
+
+def parse_size(value: int | str) -> int:
+    """``2_000_000``, ``"500MB"``, ``"2 GB"`` -> bytes."""
+    if isinstance(value, int):
+        if value <= 0:
+            raise InvalidInputError("a memory limit must be positive")
+        return value
+    text = str(value).strip().upper().replace(" ", "").removesuffix("B")
+    factors = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    factor = factors.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in factors else text
+    try:
+        size = int(float(number) * factor)
+    except ValueError:
+        raise InvalidInputError(f"{value!r} is not a size such as '500MB' or '2GB'") from None
+    if size <= 0:
+        raise InvalidInputError("a memory limit must be positive")
+    return size
+
+
+class Pacs:
+    """A PACS seen from a notebook (see :func:`connect`)."""
+
+    def __init__(
+        self,
+        node: DicomNode,
+        client: DicomClient,
+        *,
+        cache: QueryCache | None = None,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    ) -> None:
+        self.node = node
+        self.client = client
+        self.cache = cache
+        self.memory_limit = memory_limit
+
+    def __repr__(self) -> str:
+        cache = f", cache={str(self.cache.root)!r}" if self.cache else ""
+        return f"<Pacs {self.node} as {self.client.calling_aet}{cache}>"
+
+    # -- echo -----------------------------------------------------------------------------
+
+    async def aecho(self) -> bool:
+        """C-ECHO the PACS: True, or a DicomError saying what is wrong."""
+        return await self.client.echo(self.node)
+
+    def echo(self) -> bool:
+        """C-ECHO the PACS: True, or a DicomError saying what is wrong."""
+        return run_sync(self.aecho())
+
+    # -- find -----------------------------------------------------------------------------
+
+    async def afind(
+        self,
+        level: QueryLevel | str,
+        frame: pd.DataFrame | None = None,
+        /,
+        *,
+        return_keys: Sequence[str] = (),
+        split: Split = None,
+        refresh: bool = False,
+        progress: bool | None = None,
+        **criteria: Any,
+    ) -> pd.DataFrame:
+        """C-FIND at ``level``; a frame as first argument means one query per row."""
+        lvl = QueryLevel(str(level).upper()) if not isinstance(level, QueryLevel) else level
+        if split not in (None, "auto"):
+            raise InvalidInputError("split must be None or 'auto'")
+        rows = query_rows(frame, lvl, criteria)
+        queries = [build_query(lvl, row.criteria, return_keys) for row in rows]  # validate all
+        show = progress if progress is not None else len(queries) > 1
+        bar = SharedProgress(len(queries), f"C-FIND {lvl.value}", show, unit="query")
+        semaphore = asyncio.Semaphore(self.client.max_associations)
+
+        async def one(query: KeywordQuery) -> tuple[pd.DataFrame | None, Exception | None]:
+            async with semaphore:
+                try:
+                    return await self._find_one(query, split, refresh), None
+                except DicomError as exc:
+                    return None, exc
+                finally:
+                    bar.update(1)
+
+        try:
+            answers = await asyncio.gather(*(one(q) for q in queries))
+        finally:
+            bar.close()
+        return self._combine(lvl, rows, queries, answers, frame is not None, criteria)
+
+    async def _find_one(self, query: KeywordQuery, split: Split, refresh: bool) -> pd.DataFrame:
+        peer = str(self.node)
+        if self.cache is not None and not refresh:
+            cached = self.cache.get(peer, query)
+            if cached is not None:
+                return cached
+        started = dt.datetime.now(dt.UTC)
+
+        async def find(q: KeywordQuery) -> FindOutcome:
+            return await self.client.find(q, peer=self.node)
+
+        if split == "auto":
+            datasets, truncated, issued = await find_with_split(find, query)
+        else:
+            outcome = await find(query)
+            datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
+        result = to_frame(datasets, query.keys)
+        result.attrs.update(
+            {
+                "peer": peer,
+                "level": query.level.value,
+                "query": dict(query.criteria),
+                "time": started.isoformat(timespec="seconds"),
+                "truncated": truncated,
+                "queries": issued,
+                "cached": False,
+            }
+        )
+        if self.cache is not None and not truncated:
+            self.cache.put(peer, query, result)
+        return result
+
+    def _combine(
+        self,
+        level: QueryLevel,
+        rows: list[QueryRow],
+        queries: list[KeywordQuery],
+        answers: Sequence[tuple[pd.DataFrame | None, Exception | None]],
+        batch: bool,
+        criteria: Mapping[str, Any],
+    ) -> pd.DataFrame:
+        failures = []
+        parts = []
+        for row, query, (found, error) in zip(rows, queries, answers, strict=True):
+            if error is not None or found is None:
+                if not batch:
+                    raise error or RuntimeError("query failed")
+                failures.append(
+                    {
+                        "row": row.index,
+                        "criteria": dict(query.criteria),
+                        "error": type(error).__name__,
+                        "message": str(error),
+                    }
+                )
+                continue
+            parts.append(_with_context(found, row.context))
+        if batch and failures and len(failures) == len(rows):
+            first = next(e for _, e in answers if e is not None)
+            raise first
+        keys = queries[0].keys if queries else ()
+        if parts:
+            non_empty = [p for p in parts if len(p)] or parts[:1]
+            result = pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
+        else:
+            result = empty_frame(keys)
+        truncated = any(bool(p.attrs.get("truncated")) for p in parts)
+        result.attrs = {
+            "peer": str(self.node),
+            "level": level.value,
+            "query": dict(criteria) if batch else dict(queries[0].criteria),
+            "rows": len(rows) if batch else None,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "truncated": truncated,
+            "failures": failures,
+            "cached": bool(parts) and all(bool(p.attrs.get("cached")) for p in parts),
+        }
+        result.attrs["query"] = {k: _plain(v) for k, v in result.attrs["query"].items()}
+        if failures:
+            warnings.warn(
+                f"{len(failures)} of {len(rows)} queries failed (first: {failures[0]['error']}: "
+                f"{failures[0]['message']}); see frame.attrs['failures']",
+                ClarinetWarning,
+                stacklevel=4,
+            )
+        if truncated:
+            warnings.warn(
+                "the PACS cut some answers short (a result limit): more rows may match. "
+                "Narrow the query or pass split='auto'",
+                ClarinetWarning,
+                stacklevel=4,
+            )
+        return result
+
+    async def afind_patients(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """PATIENT level C-FIND (async)."""
+        return await self.afind(QueryLevel.PATIENT, frame, **kw)
+
+    async def afind_studies(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """STUDY level C-FIND (async)."""
+        return await self.afind(QueryLevel.STUDY, frame, **kw)
+
+    async def afind_series(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """SERIES level C-FIND (async)."""
+        return await self.afind(QueryLevel.SERIES, frame, **kw)
+
+    async def afind_instances(
+        self, frame: pd.DataFrame | None = None, /, **kw: Any
+    ) -> pd.DataFrame:
+        """IMAGE level C-FIND (async)."""
+        return await self.afind(QueryLevel.IMAGE, frame, **kw)
+
+    def find_patients(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """PATIENT level C-FIND: keyword criteria (``PatientID="12*"``) or one query per row."""
+        return run_sync(self.afind(QueryLevel.PATIENT, frame, **kw))
+
+    def find_studies(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """STUDY level C-FIND: keyword criteria or one query per row of ``frame``.
+
+        ``find_studies(PatientID="12345", StudyDate=("2020-01-01", "2020-12-31"),
+        ModalitiesInStudy="CT")``; ``return_keys=``, ``split="auto"``, ``refresh=True``.
+        """
+        return run_sync(self.afind(QueryLevel.STUDY, frame, **kw))
+
+    def find_series(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """SERIES level C-FIND; a study frame drills down, one query per study."""
+        return run_sync(self.afind(QueryLevel.SERIES, frame, **kw))
+
+    def find_instances(self, frame: pd.DataFrame | None = None, /, **kw: Any) -> pd.DataFrame:
+        """IMAGE level C-FIND; a series frame drills down, one query per series."""
+        return run_sync(self.afind(QueryLevel.IMAGE, frame, **kw))
+
+    # -- get ------------------------------------------------------------------------------
+
+    async def aget(
+        self,
+        frame: pd.DataFrame,
+        *,
+        output_dir: str | Path | None = None,
+        method: Literal["get", "move"] = "get",
+        metadata: str | Path | None = None,
+        memory_limit: int | str | None = None,
+        progress: bool | ProgressLike = True,
+    ) -> DatasetList | pd.DataFrame:
+        """Retrieve what the rows of ``frame`` identify (studies, series or instances).
+
+        Without ``output_dir``: a list of pydicom datasets sorted by study, series and
+        instance number (``.by_series()`` groups them), within ``memory_limit``.
+        With ``output_dir``: files, and a manifest frame (also written next to them);
+        a second call skips what is already there.  ``metadata=`` writes the header
+        of every instance to Parquet.
+        """
+        if method not in ("get", "move"):
+            raise InvalidInputError("method must be 'get' or 'move'")
+        targets = retrieve_targets(frame)
+        if output_dir is None:
+            limit = parse_size(memory_limit) if memory_limit is not None else self.memory_limit
+            datasets = await pull_to_memory(
+                self.client,
+                self.node,
+                targets,
+                method=method,
+                memory_limit=limit,
+                progress=progress,
+            )
+            self._warn_failures(datasets.failures, len(targets))
+            if metadata is not None:
+                write_headers(header_frame(datasets), Path(metadata))
+            return datasets
+        manifest = await pull_to_disk(
+            self.client, self.node, targets, Path(output_dir), method=method, progress=progress
+        )
+        manifest.attrs["peer"] = str(self.node)
+        self._warn_failures(manifest.attrs.get("failures", []), len(targets))
+        if metadata is not None:
+            here = [
+                Path(p) for p in manifest[manifest["status"].isin(["present", "retrieved"])]["path"]
+            ]
+            headers = header_frame([dcmread(p, stop_before_pixels=True) for p in here], paths=here)
+            write_headers(headers, Path(metadata))
+        return manifest
+
+    def get(self, frame: pd.DataFrame, **kw: Any) -> DatasetList | pd.DataFrame:
+        """Retrieve what the rows of ``frame`` identify; see :meth:`aget`."""
+        return run_sync(self.aget(frame, **kw))
+
+    @staticmethod
+    def _warn_failures(failures: list[dict[str, Any]], total: int) -> None:
+        if failures:
+            warnings.warn(
+                f"{len(failures)} of {total} retrievals failed or are incomplete (first: "
+                f"{failures[0]['error']}: {failures[0]['message']}); see .failures / "
+                "attrs['failures']",
+                ClarinetWarning,
+                stacklevel=4,
+            )
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self.client.close()
+
+
+def _with_context(found: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
+    """Carry the input row's non-key columns onto its results."""
+    extra = {c: v for c, v in context.items() if c not in found.columns}
+    if not extra:
+        return found
+    out = found.copy()
+    for column, value in extra.items():
+        out[column] = pd.Series([value] * len(out), index=out.index, dtype=object)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly criteria for ``frame.attrs`` (kept through Parquet)."""
+    if isinstance(value, dt.date | dt.datetime | dt.time):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def connect(
+    target: str | DicomNode | None = None,
+    *,
+    calling_aet: str | None = None,
+    cache: str | Path | None = None,
+    max_associations: int | None = None,
+    memory_limit: int | str | None = None,
+    scp_port: int | None = None,
+    timeouts: Timeouts | None = None,
+    max_pdu: int | None = None,
+    config: Settings | None = None,
+) -> Pacs:
+    """A :class:`Pacs` for notebooks.
+
+    ``connect()`` uses the settings (``CLARINET_PACS_AET/HOST/PORT``);
+    ``connect("ORTHANC@127.0.0.1:4242", calling_aet="CLARINET", cache="cache/")``
+    names it.  Nothing is sent until the first call.
+    """
+    cfg = config or settings
+    if target is None:
+        node = DicomNode(aet=cfg.pacs_aet, host=cfg.pacs_host, port=cfg.pacs_port)
+    elif isinstance(target, DicomNode):
+        node = target
+    else:
+        node = DicomNode.parse(target)
+    client = DicomClient(
+        calling_aet,
+        max_pdu=max_pdu,
+        scp_port=scp_port,
+        timeouts=timeouts,
+        max_associations=max_associations,
+        config=cfg,
+    )
+    limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
+    return Pacs(
+        node, client, cache=QueryCache(cache) if cache is not None else None, memory_limit=limit
+    )
