@@ -248,6 +248,15 @@ def test_truncation_is_flagged_and_auto_split(
     assert sorted(whole["StudyInstanceUID"]) == sorted(cohort.studies())
 
 
+def test_silent_result_caps(orthanc_stock: Peer, move_scp_port: int, cohort: Cohort) -> None:
+    """Some PACS stop at a fixed count with Success: result_cap= tells us the count."""
+    pacs = pacs_for(orthanc_stock, move_scp_port, result_cap=3)
+    with pytest.warns(cnb.ClarinetWarning, match="cut some answers short"):
+        assert pacs.find_studies().attrs["truncated"] is True
+    whole = pacs.find_studies(split="auto", StudyDate=("2019-01-01", "2023-12-31"))
+    assert sorted(whole["StudyInstanceUID"]) == sorted(cohort.studies())
+
+
 @pytest.fixture
 def own_orthanc(tmp_path: Path, cohort: Cohort) -> Iterator[OrthancServer]:
     with OrthancServer(tmp_path / "orthanc") as srv:

@@ -15,6 +15,8 @@ class CancelToken:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
+        #: results of operations that still finished after cancellation (what arrived)
+        self.partials: list[object] = []
 
     @property
     def cancelled(self) -> bool:

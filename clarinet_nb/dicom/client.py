@@ -129,6 +129,8 @@ class DicomClient:
                 logger.warning("a cancelled DICOM operation did not stop within %.0f s", limit)
             elif not future.cancelled() and future.exception() is not None:
                 logger.debug("cancelled operation ended with", exc_info=future.exception())
+            elif not future.cancelled():
+                token.partials.append(future.result())  # e.g. what a retrieve brought so far
             raise
 
     async def aclose(self) -> None:

@@ -74,11 +74,16 @@ class Pacs:
         *,
         cache: QueryCache | None = None,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        result_cap: int | None = None,
     ) -> None:
         self.node = node
+        self.result_cap = result_cap
+        """PACS that silently stop at a fixed count: an answer this long counts as truncated."""
         self.client = client
         self.cache = cache
         self.memory_limit = memory_limit
+        self.interrupted: DatasetList | pd.DataFrame | None = None
+        """What arrived before the last pull was interrupted (datasets or manifest)."""
 
     def __repr__(self) -> str:
         cache = f", cache={str(self.cache.root)!r}" if self.cache else ""
@@ -142,7 +147,10 @@ class Pacs:
         started = dt.datetime.now(dt.UTC)
 
         async def find(q: KeywordQuery) -> FindOutcome:
-            return await self.client.find(q, peer=self.node)
+            outcome = await self.client.find(q, peer=self.node)
+            if self.result_cap and len(outcome.datasets) >= self.result_cap:
+                outcome.truncated = True  # a PACS that stops at a fixed count says nothing
+            return outcome
 
         if split == "auto":
             datasets, truncated, issued = await find_with_split(find, query)
@@ -288,6 +296,37 @@ class Pacs:
         if method not in ("get", "move"):
             raise InvalidInputError("method must be 'get' or 'move'")
         targets = retrieve_targets(frame)
+        kept: list[Any] = []
+        try:
+            return await self._pull(
+                targets, output_dir, method, metadata, memory_limit, progress, kept
+            )
+        except asyncio.CancelledError:
+            if kept:
+                self.interrupted = kept[0]
+                arrived = (
+                    int(kept[0]["status"].isin(["present", "retrieved"]).sum())
+                    if isinstance(kept[0], pd.DataFrame)
+                    else len(kept[0])
+                )
+                warnings.warn(
+                    f"interrupted: {arrived} instance(s) arrived before the interrupt; "
+                    "they are listed in pacs.interrupted",
+                    ClarinetWarning,
+                    stacklevel=3,
+                )
+            raise
+
+    async def _pull(
+        self,
+        targets: list[Any],
+        output_dir: str | Path | None,
+        method: Literal["get", "move"],
+        metadata: str | Path | None,
+        memory_limit: int | str | None,
+        progress: bool | ProgressLike,
+        kept: list[Any],
+    ) -> DatasetList | pd.DataFrame:
         if output_dir is None:
             limit = parse_size(memory_limit) if memory_limit is not None else self.memory_limit
             datasets = await pull_to_memory(
@@ -297,13 +336,20 @@ class Pacs:
                 method=method,
                 memory_limit=limit,
                 progress=progress,
+                interrupted=kept,
             )
             self._warn_failures(datasets.failures, len(targets))
             if metadata is not None:
                 write_headers(header_frame(datasets), Path(metadata))
             return datasets
         manifest = await pull_to_disk(
-            self.client, self.node, targets, Path(output_dir), method=method, progress=progress
+            self.client,
+            self.node,
+            targets,
+            Path(output_dir),
+            method=method,
+            progress=progress,
+            interrupted=kept,
         )
         manifest.attrs["peer"] = str(self.node)
         self._warn_failures(manifest.attrs.get("failures", []), len(targets))
@@ -367,13 +413,17 @@ def connect(
     scp_port: int | None = None,
     timeouts: Timeouts | None = None,
     max_pdu: int | None = None,
+    result_cap: int | None = None,
     config: Settings | None = None,
 ) -> Pacs:
     """A :class:`Pacs` for notebooks.
 
     ``connect()`` uses the settings (``CLARINET_PACS_AET/HOST/PORT``);
     ``connect("ORTHANC@127.0.0.1:4242", calling_aet="CLARINET", cache="cache/")``
-    names it.  Nothing is sent until the first call.
+    names it.  ``cache=`` keeps query results in Parquet; ``result_cap=`` is the
+    count at which your PACS silently stops answering (answers that long are then
+    treated as truncated; Orthanc's own limit is detected without it).
+    Nothing is sent until the first call.
     """
     cfg = config or settings
     if target is None:
@@ -392,5 +442,9 @@ def connect(
     )
     limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
     return Pacs(
-        node, client, cache=QueryCache(cache) if cache is not None else None, memory_limit=limit
+        node,
+        client,
+        cache=QueryCache(cache) if cache is not None else None,
+        memory_limit=limit,
+        result_cap=result_cap,
     )

@@ -216,8 +216,13 @@ async def pull_to_memory(
     method: Method = "get",
     memory_limit: int,
     progress: bool | ProgressLike = True,
+    interrupted: list[Any] | None = None,
 ) -> DatasetList:
-    """Retrieve ``targets`` as pydicom datasets, stopping early past ``memory_limit`` bytes."""
+    """Retrieve ``targets`` as pydicom datasets, stopping early past ``memory_limit`` bytes.
+
+    When the pull is cancelled (an interrupt), what arrived is appended to
+    ``interrupted`` as a DatasetList before CancelledError propagates.
+    """
     cancel = CancelToken()
     outcomes = await _plan_all(client, peer, targets, cancel)
     expected = sum(len(o.plan) for o in outcomes if o.plan is not None and o.error is None)
@@ -243,6 +248,14 @@ async def pull_to_memory(
             if o.plan is not None and o.error is None
         ]
         await _bounded(client.max_associations, jobs)
+    except asyncio.CancelledError:
+        if interrupted is not None:
+            results = [o.result for o in outcomes if o.result is not None]
+            results += [r for r in cancel.partials if isinstance(r, RetrieveResult)]
+            arrived = DatasetList(sorted((d for r in results for d in r.datasets), key=_sort_key))
+            arrived.failures, arrived.results = [], results
+            interrupted.append(arrived)
+        raise
     finally:
         bar.close()
     datasets = DatasetList(
@@ -272,6 +285,7 @@ async def pull_to_disk(
     *,
     method: Method = "get",
     progress: bool | ProgressLike = True,
+    interrupted: list[Any] | None = None,
 ) -> pd.DataFrame:
     """Retrieve ``targets`` into ``output_dir``, skipping files already there.
 
@@ -315,6 +329,13 @@ async def pull_to_disk(
 
     try:
         await _bounded(client.max_associations, [functools.partial(run, *w) for w in work])
+    except asyncio.CancelledError:
+        # what is on disk now is complete (written then renamed): list it, then stop
+        manifest = _manifest(output_dir, outcomes, results, interrupted=True)
+        _write_manifest(output_dir, manifest)
+        if interrupted is not None:
+            interrupted.append(manifest)
+        raise
     finally:
         bar.close()
     manifest = _manifest(output_dir, outcomes, results)
@@ -331,6 +352,7 @@ def _manifest(
     root: Path,
     outcomes: list[_Outcome],
     results: dict[int, list[tuple[RetrieveResult | None, Exception | None]]],
+    interrupted: bool = False,
 ) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for outcome in outcomes:
@@ -355,13 +377,15 @@ def _manifest(
             error_text: str | None = None
             if inst.sop_uid in present:
                 status = "present"
-            elif inst.sop_uid in got and path.is_file():
+            elif (inst.sop_uid in got or interrupted) and path.is_file():
                 status = "retrieved"
             elif inst.sop_uid in failed:
                 status, error_text = "failed", failed[inst.sop_uid]
             else:
                 status = "missing"
-                error_text = missing.get(inst.sop_uid) or _error_text(outcome)
+                error_text = missing.get(inst.sop_uid) or (
+                    "interrupted" if interrupted else _error_text(outcome)
+                )
             rows.append(
                 {
                     "StudyInstanceUID": inst.study_uid,
