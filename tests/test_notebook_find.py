@@ -292,3 +292,20 @@ def test_frames_round_trip_parquet(pacs: cnb.Pacs, tmp_path: Path) -> None:
     back = pd.read_parquet(path)
     pd.testing.assert_frame_equal(back, studies)
     assert back.attrs["level"] == "STUDY"
+
+
+def test_find_patients_and_instances_frames(pacs: cnb.Pacs, cohort: Cohort) -> None:
+    patients = pacs.find_patients()
+    assert sorted(patients["PatientID"]) == sorted(cohort.patients())
+    names = {i.patient_id: i.patient_name for i in cohort.instances}
+    assert dict(zip(patients["PatientID"], patients["PatientName"], strict=True)) == names
+    assert patients["PatientBirthDate"].dtype == "datetime64[ns]"
+    assert str(patients["NumberOfPatientRelatedStudies"].dtype) == "Int64"
+    assert patients.attrs["level"] == "PATIENT"
+    study = cohort.studies()[0]
+    images = pacs.find_instances(StudyInstanceUID=study)
+    expected = {i.sop_uid: i for i in cohort.instances_in(study)}
+    assert set(images["SOPInstanceUID"]) == set(expected)
+    for row in images.itertuples():
+        assert row.SOPClassUID == expected[row.SOPInstanceUID].sop_class_uid
+        assert row.InstanceNumber == expected[row.SOPInstanceUID].instance_number
