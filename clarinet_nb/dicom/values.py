@@ -128,10 +128,15 @@ def parse_tm(value: Any) -> dt.time | None:
         return None
 
 
+_DT_RE = re.compile(
+    r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-]\d{4})?"
+)
+
+
 def parse_dt(value: Any) -> dt.datetime | None:
-    """Tolerantly convert a DT value (``YYYYMMDDHHMMSS.F&ZZXX``) into a naive datetime."""
-    text = str(value or "").strip()
-    match = re.match(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", text)
+    """Tolerantly convert a DT value (``YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]``) into a
+    naive datetime (the UTC offset is dropped); ``None`` if unusable."""
+    match = _DT_RE.fullmatch(str(value or "").strip())
     if not match:
         return None
     year, month, day, hour, minute, second, frac = match.groups()
@@ -143,7 +148,7 @@ def parse_dt(value: Any) -> dt.datetime | None:
             int(hour or 0),
             int(minute or 0),
             min(int(second or 0), 59),
-            int(((frac or "") + "000000")[:6]),
+            int((frac or "").ljust(6, "0")),
         )
     except ValueError:
         return None

@@ -45,7 +45,7 @@ from pydicom.datadict import (
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 
-from clarinet_nb.dicom.values import parse_da
+from clarinet_nb.dicom.values import parse_da, parse_dt
 from clarinet_nb.errors import InvalidInputError
 
 __all__ = [
@@ -96,9 +96,6 @@ _NAT_NS: Final = np.iinfo(np.int64).min
 _NS_MIN: Final = np.datetime64(pd.Timestamp.min.ceil("us"), "us")
 _NS_MAX: Final = np.datetime64(pd.Timestamp.max.floor("us"), "us")
 _TM_RE: Final = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?")
-_DT_RE: Final = re.compile(
-    r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-]\d{4})?"
-)
 
 
 class Kind(Enum):
@@ -541,7 +538,7 @@ def _dates(cells: list[Any]) -> tuple[Any, int]:
 
 def _datetimes(cells: list[Any]) -> tuple[Any, int]:
     """DT strings -> naive datetime64[ns] (any UTC offset dropped)."""
-    out = _to_ns(_us_array([_parse_dt(c) if isinstance(c, str) else None for c in cells]))
+    out = _to_ns(_us_array([parse_dt(c) if isinstance(c, str) else None for c in cells]))
     return out, _count_nat(cells, out)
 
 
@@ -569,26 +566,6 @@ def _to_ns(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     values = values.copy()
     values[(values < _NS_MIN) | (values > _NS_MAX)] = np.datetime64("NaT")
     return values.astype("datetime64[ns]")
-
-
-def _parse_dt(text: str) -> dt.datetime | None:
-    """A DT value (``YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]``) as a naive datetime."""
-    match = _DT_RE.fullmatch(text.strip())
-    if not match:
-        return None
-    year, month, day, hour, minute, second, frac = match.groups()
-    try:
-        return dt.datetime(
-            int(year),
-            int(month or 1),
-            int(day or 1),
-            int(hour or 0),
-            int(minute or 0),
-            min(int(second or 0), 59),
-            int((frac or "").ljust(6, "0")),
-        )
-    except ValueError:
-        return None
 
 
 def _time_ns(text: str) -> int | None:
