@@ -9,6 +9,7 @@ port is free again) when the last move using it ends, however it ends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -62,9 +63,10 @@ _listeners: dict[tuple[str, int], _Listener] = {}
 _registry_lock = threading.Lock()
 
 
-def _start(
-    aet: str, ip: str, port: int, max_pdu: int, timeouts: Timeouts, extra_classes: frozenset[str]
-) -> _Listener:
+@functools.lru_cache(maxsize=8)
+def _scp_ae(aet: str, max_pdu: int, timeouts: Timeouts, extra_classes: frozenset[str]) -> AE:
+    """The AE of our Storage SCP, built once per configuration (setting its ~170
+    supported contexts takes ~0.08 s, which every C-MOVE would otherwise pay)."""
     ae = AE(ae_title=aet)
     ae.supported_contexts = scp_storage_contexts(extra_classes)
     ae.maximum_pdu_size = max_pdu
@@ -72,6 +74,13 @@ def _start(
     ae.dimse_timeout = timeouts.dimse
     ae.network_timeout = timeouts.network
     ae.require_called_aet = True
+    return ae
+
+
+def _start(
+    aet: str, ip: str, port: int, max_pdu: int, timeouts: Timeouts, extra_classes: frozenset[str]
+) -> _Listener:
+    ae = _scp_ae(aet, max_pdu, timeouts, extra_classes)
     holder: dict[str, _Listener] = {}
 
     def dispatch(event: evt.Event) -> int:
