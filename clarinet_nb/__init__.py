@@ -57,6 +57,16 @@ from clarinet_nb.notebook import (
 )
 from clarinet_nb.settings import Settings, settings
 
+_LAZY = {"Preview", "QueryBuilder", "preview"}  # ipywidgets: imported on first use
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from clarinet_nb import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'clarinet_nb' has no attribute {name!r}")
+
 logging.getLogger("clarinet_nb").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
@@ -88,6 +98,8 @@ __all__ = [
     "PatientQuery",
     "PatientResult",
     "PeerUnreachableError",
+    "Preview",
+    "QueryBuilder",
     "QueryCache",
     "QueryError",
     "QueryLevel",
@@ -108,6 +120,7 @@ __all__ = [
     "__version__",
     "connect",
     "header_frame",
+    "preview",
     "read_headers",
     "settings",
     "to_frame",

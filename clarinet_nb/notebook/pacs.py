@@ -376,6 +376,12 @@ class Pacs:
                 stacklevel=4,
             )
 
+    def query_builder(self, **kw: Any) -> Any:
+        """An ipywidgets query builder bound to this PACS (see :class:`QueryBuilder`)."""
+        from clarinet_nb.widgets import QueryBuilder  # widgets import this module
+
+        return QueryBuilder(self, **kw)
+
     def close(self) -> None:
         """Stop the worker threads."""
         self.client.close()
