@@ -205,6 +205,8 @@ class DicomOperations:
         outcome = FindOutcome()
         waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
         emptied = 0
+        # only answers to a query asking for person names can come back with emptied names
+        check_names = any(elem.VR == "PN" for elem in identifier)
         self._msg_id = getattr(self, "_msg_id", 0) % 65000 + 1
         msg_id = self._msg_id
         responses = assoc.send_c_find(identifier, model, msg_id=msg_id)
@@ -221,7 +223,8 @@ class DicomOperations:
                 waiter.touch()
                 if code in PENDING:
                     if match is not None and not cancel_sent.is_set():
-                        emptied += names_look_emptied(match)
+                        if check_names:
+                            emptied += names_look_emptied(match)
                         outcome.datasets.append(match)
                         if on_match is not None:
                             on_match(match)

@@ -21,6 +21,7 @@ class OrthancServer(PeerProcess):
     then disables Nagle's algorithm); stock runs it without. The REST API is
     off unless ``http=True`` (then loopback only, ``RemoteAccessAllowed: false``,
     on :attr:`http_port`): Orthanc 1.10.1 takes ~2 s longer to stop with it on.
+    ``port`` is the DICOM port (default: a free loopback port).
     """
 
     kind = "orthanc"
@@ -31,6 +32,7 @@ class OrthancServer(PeerProcess):
         workdir: Path,
         *,
         aet: str = "ORTHANC",
+        port: int | None = None,
         tuned: bool = False,
         move_destinations: Mapping[str, tuple[str, str, int]] | None = None,
         check_called_aet: bool = False,
@@ -41,7 +43,7 @@ class OrthancServer(PeerProcess):
         http: bool = False,
         lua: str = "",
     ) -> None:
-        super().__init__(workdir, aet=aet, port=free_port(), tuned=tuned)
+        super().__init__(workdir, aet=aet, port=port or free_port(), tuned=tuned)
         self._http_port = free_port()
         self._move_destinations = dict(move_destinations or {})
         self._check_called_aet = check_called_aet

@@ -191,7 +191,7 @@ def _fmt(value: Any) -> str:
     if value is None or value == "":
         return ""
     if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(_fmt(v) for v in value)
+        return ", ".join(_fmt(v) for v in value)  # e.g. PixelSpacing "0.7, 0.7"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
