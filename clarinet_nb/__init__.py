@@ -67,6 +67,7 @@ def __getattr__(name: str) -> object:
         return getattr(widgets, name)
     raise AttributeError(f"module 'clarinet_nb' has no attribute {name!r}")
 
+
 logging.getLogger("clarinet_nb").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"

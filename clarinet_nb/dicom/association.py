@@ -37,7 +37,9 @@ __all__ = [
     "open_association",
     "release",
     "status_of",
+    "quicken_reactor",
     "tune_connection",
+    "tune_instance_connection",
 ]
 
 logger = logging.getLogger("clarinet_nb")
@@ -49,7 +51,10 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_HANDLER_LEVEL = "none"
 
 #: pynetdicom's reactor sleeps this long (default 1 ms) when idle; every PDU
-#: exchange pays it. A shorter delay costs a little idle CPU while associated.
+#: exchange of a C-STORE sub-operation pays it.  Shorter is faster for
+#: retrievals but costs CPU while a C-FIND streams in (measured: C-FIND of 6k
+#: rows 1.08x the plain loop with 0.2 ms, 1.02x with 1 ms), so only
+#: associations that carry instances get it.
 _RUN_LOOP_DELAY = 0.0002
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -84,7 +89,6 @@ def tune_connection(event: evt.Event) -> None:
     peer is never left waiting for an ACK.
     """
     assoc = event.assoc
-    assoc.dul._run_loop_delay = _RUN_LOOP_DELAY
     transport = assoc.dul.socket
     raw = getattr(transport, "socket", None)
     if transport is None or raw is None:
@@ -117,6 +121,17 @@ def _make_recv(raw: socket.socket) -> Any:
     return recv
 
 
+def quicken_reactor(assoc: Association) -> None:
+    """Let pynetdicom's reactor poll faster (associations that carry instances)."""
+    assoc.dul._run_loop_delay = _RUN_LOOP_DELAY
+
+
+def tune_instance_connection(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler of our Storage SCP: tuned socket, quick reactor."""
+    tune_connection(event)
+    quicken_reactor(event.assoc)
+
+
 def open_association(
     ae: AE,
     peer: DicomNode,
@@ -126,8 +141,12 @@ def open_association(
     ext_neg: list[Any] | None = None,
     evt_handlers: list[Any] | None = None,
     purpose: str = "request",
+    carries_instances: bool = False,
 ) -> Association:
-    """Associate with ``peer``, or raise the matching NetworkError."""
+    """Associate with ``peer``, or raise the matching NetworkError.
+
+    ``carries_instances`` (C-GET, forwarding) makes pynetdicom's reactor poll faster.
+    """
     if contexts is None:
         contexts = [build_context(Verification)]
     opened = threading.Event()
@@ -149,6 +168,8 @@ def open_association(
     )
     if assoc.is_established:
         logger.debug("associated with %s for %s", peer, purpose)
+        if carries_instances:
+            quicken_reactor(assoc)
         _park_reactor(assoc, ae.acse_timeout or 30.0)
         return assoc
     elapsed = time.monotonic() - started

@@ -229,6 +229,7 @@ class ForwardSink:
                             contexts=contexts[-127:],
                             max_pdu=self.max_pdu,
                             purpose="forward",
+                            carries_instances=True,
                         )
                     except DicomError as exc:
                         unreachable = f"forward destination failed: {exc}"

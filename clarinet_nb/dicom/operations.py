@@ -466,6 +466,7 @@ class DicomOperations:
             evt_handlers=handler.handlers(),
             max_pdu=self.max_pdu,
             purpose="C-GET",
+            carries_instances=True,
         )
         counters.associations += 1
         try:

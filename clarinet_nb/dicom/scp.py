@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from clarinet_nb.dicom.association import Timeouts, tune_connection
+from clarinet_nb.dicom.association import Timeouts, tune_instance_connection
 from clarinet_nb.dicom.contexts import scp_storage_contexts
 from clarinet_nb.dicom.handlers import StorageHandler, store_request
 from clarinet_nb.errors import LocalPortError
@@ -89,7 +89,10 @@ def _start(
     try:
         server = ae.make_server(
             (ip, port),
-            evt_handlers=[(evt.EVT_C_STORE, dispatch), (evt.EVT_CONN_OPEN, tune_connection)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, dispatch),
+                (evt.EVT_CONN_OPEN, tune_instance_connection),
+            ],
             server_class=ThreadedAssociationServer,
         )
     except OSError as exc:

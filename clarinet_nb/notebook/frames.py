@@ -291,7 +291,7 @@ def _row(
     codec: str | None = None  # the dataset's text codec, looked up at its first text element
     codec_known = False
     row: dict[str, Any] = {}
-    for elem in ds.elements():
+    for elem in _elements(ds):
         tag = int(elem.tag)
         if tag in tag_specs:
             spec = tag_specs[tag]
@@ -311,6 +311,18 @@ def _row(
         if spec.keyword not in specs:
             specs[spec.keyword] = spec
     return row
+
+
+def _elements(ds: Dataset) -> Any:
+    """The dataset's top-level elements, raw ones left raw.
+
+    ``Dataset.elements()`` does the same but looks every tag up again (a third
+    of the conversion time for 20k rows); pydicom keeps them in ``_dict``.
+    """
+    stored = getattr(ds, "_dict", None)
+    if not isinstance(stored, dict):
+        return ds.elements()
+    return [stored[tag] for tag in sorted(stored)]  # tag order, as elements() gives
 
 
 def _included_spec(tag: int, exclude: frozenset[str]) -> ColumnSpec | None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, build_context
-from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
+
+from clarinet_nb.dicom.association import open_association
+from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.errors import DicomError
 
 __all__ = ["MAX_CONTEXTS", "store_files"]
 
@@ -32,13 +34,6 @@ def _send_raw_files() -> Iterator[None]:
         yield
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
-
-
-def _no_delay(assoc: Association) -> None:
-    """Disable Nagle's algorithm on our side of the association (loading speed)."""
-    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _context_key(path: Path) -> tuple[str, str]:
@@ -90,12 +85,20 @@ def store_files(
     ae.network_timeout = 60
     with _send_raw_files():
         for contexts, files in _batches(keyed):
-            assoc = ae.associate(host, port, contexts=contexts, ae_title=aet)
-            if not assoc.is_established:
-                raise RuntimeError(
-                    f"C-STORE association {calling_aet}->{aet}@{host}:{port} was not established"
+            try:
+                # our association: reactor parked (pynetdicom's own thread otherwise steals
+                # a C-STORE response now and then), TCP_NODELAY set
+                assoc = open_association(
+                    ae,
+                    DicomNode(aet=aet, host=host, port=port),
+                    contexts=contexts,
+                    purpose="C-STORE load",
+                    carries_instances=True,
                 )
-            _no_delay(assoc)
+            except DicomError as exc:
+                raise RuntimeError(
+                    f"C-STORE association {calling_aet}->{aet}@{host}:{port} failed: {exc}"
+                ) from exc
             try:
                 for msg_id, path in enumerate(files, start=1):
                     try:
