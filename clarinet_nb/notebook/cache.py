@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
 from clarinet_nb.notebook.criteria import KeywordQuery
+from clarinet_nb.notebook.parquet import write_parquet
 
 __all__ = ["QueryCache"]
 
@@ -59,13 +58,7 @@ class QueryCache:
         """Store ``frame`` as the result of ``query`` on ``peer``."""
         path = self.path_for(peer, query)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         stored = frame.copy()
         stored.attrs = {**frame.attrs, "cached": False, "cache_key": query.cache_key()}
-        try:
-            stored.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_parquet(stored, path)
         return path

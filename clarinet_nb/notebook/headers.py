@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -20,6 +19,7 @@ from pydicom import Dataset, dcmread
 
 from clarinet_nb.errors import InvalidInputError
 from clarinet_nb.notebook.frames import build_frame, string_array
+from clarinet_nb.notebook.parquet import write_parquet
 
 __all__ = ["LEADING_COLUMNS", "header_frame", "read_headers", "write_headers"]
 
@@ -165,11 +165,4 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_headers(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``frame`` as Parquet atomically (temporary name, then rename)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        frame.to_parquet(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return write_parquet(frame, path, index=True)

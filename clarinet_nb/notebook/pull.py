@@ -14,9 +14,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import os
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.errors import DicomError, MemoryLimitError, RetrieveError
+from clarinet_nb.notebook.parquet import write_parquet
 from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
 
 __all__ = ["DatasetList", "MANIFEST_NAME", "pull_to_disk", "pull_to_memory"]
@@ -422,10 +421,4 @@ def _write_manifest(root: Path, manifest: pd.DataFrame) -> None:
             frame = pd.concat([keep, manifest], ignore_index=True) if len(keep) else manifest
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("replacing an unreadable manifest: %s", exc)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_parquet(frame, path)
