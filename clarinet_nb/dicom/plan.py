@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -75,11 +76,9 @@ class RetrievePlan:
         found = self._index.get(sop_uid)
         return (found.study_uid, found.series_uid) if found else None
 
-    @property
+    @functools.cached_property
     def _index(self) -> dict[str, PlannedInstance]:
-        if not hasattr(self, "_cache"):
-            self._cache = {i.sop_uid: i for i in self.instances}
-        return self._cache
+        return {i.sop_uid: i for i in self.instances}
 
     def of_classes(self, classes: Iterable[str]) -> list[PlannedInstance]:
         """The planned instances whose class is in ``classes``."""
