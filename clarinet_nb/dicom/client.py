@@ -10,6 +10,7 @@ to be released and re-raises ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from clarinet_nb.dicom.operations import DicomOperations, FindOutcome, Progress
 from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
-from clarinet_nb.errors import InvalidInputError
+from clarinet_nb.errors import InvalidInputError, RetrieveError
 from clarinet_nb.settings import Settings, settings
 
 __all__ = ["DicomClient", "QueryResults"]
@@ -124,11 +125,14 @@ class DicomClient:
         except asyncio.CancelledError:
             token.cancel()
             limit = self.timeouts.cancel + self.timeouts.acse + 1.0
-            done, _ = await asyncio.wait({future}, timeout=limit)
+            done = await _wait_through_cancellation(future, limit)
             if not done:
                 logger.warning("a cancelled DICOM operation did not stop within %.0f s", limit)
             elif not future.cancelled() and future.exception() is not None:
-                logger.debug("cancelled operation ended with", exc_info=future.exception())
+                exc = future.exception()
+                logger.debug("cancelled operation ended with", exc_info=exc)
+                if isinstance(exc, RetrieveError):
+                    token.partials.append(exc.result)  # what arrived before it broke off
             elif not future.cancelled():
                 token.partials.append(future.result())  # e.g. what a retrieve brought so far
             raise
@@ -311,3 +315,19 @@ def _storage(output_dir: str | Path | None, storage: StorageConfig | None) -> St
     if output_dir is not None:
         return StorageConfig(mode=StorageMode.DISK, output_dir=Path(output_dir))
     return StorageConfig(mode=StorageMode.MEMORY)
+
+
+async def _wait_through_cancellation(future: asyncio.Future[Any], limit: float) -> bool:
+    """Wait up to ``limit`` seconds for ``future``, even if cancelled again meanwhile.
+
+    A second interrupt must not abandon an operation that is handing over
+    what arrived; the wait stays bounded by ``limit``.
+    """
+    deadline = asyncio.get_running_loop().time() + limit
+    while not future.done():
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future}, timeout=remaining)
+    return True

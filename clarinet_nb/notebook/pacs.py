@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.errors import ClarinetWarning, DicomError, InvalidInputError
 from clarinet_nb.notebook.cache import QueryCache
+from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.criteria import KeywordQuery, build_query
 from clarinet_nb.notebook.frames import empty_frame, to_frame
 from clarinet_nb.notebook.headers import header_frame, write_headers
@@ -121,19 +123,19 @@ class Pacs:
         queries = [build_query(lvl, row.criteria, return_keys) for row in rows]  # validate all
         show = progress if progress is not None else len(queries) > 1
         bar = SharedProgress(len(queries), f"C-FIND {lvl.value}", show, unit="query")
-        semaphore = asyncio.Semaphore(self.client.max_associations)
 
         async def one(query: KeywordQuery) -> tuple[pd.DataFrame | None, Exception | None]:
-            async with semaphore:
-                try:
-                    return await self._find_one(query, split, refresh), None
-                except DicomError as exc:
-                    return None, exc
-                finally:
-                    bar.update(1)
+            try:
+                return await self._find_one(query, split, refresh), None
+            except DicomError as exc:
+                return None, exc
+            finally:
+                bar.update(1)
 
         try:
-            answers = await asyncio.gather(*(one(q) for q in queries))
+            answers = await run_bounded(
+                self.client.max_associations, [functools.partial(one, q) for q in queries]
+            )
         finally:
             bar.close()
         return self._combine(lvl, rows, queries, answers, frame is not None, criteria)

@@ -15,10 +15,10 @@ import datetime as dt
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import pandas as pd
 from pydicom import Dataset
@@ -30,6 +30,7 @@ from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.errors import DicomError, MemoryLimitError, RetrieveError
+from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.parquet import write_parquet
 from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
 
@@ -47,7 +48,6 @@ MANIFEST_COLUMNS = [
     "status",
     "error",
 ]
-T = TypeVar("T")
 Method = Literal["get", "move"]
 
 
@@ -111,16 +111,6 @@ def _failure(outcome: _Outcome) -> dict[str, Any] | None:
     return None
 
 
-async def _bounded(limit: int, jobs: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(job: Callable[[], Awaitable[T]]) -> T:
-        async with semaphore:
-            return await job()
-
-    return list(await asyncio.gather(*(one(job) for job in jobs)))
-
-
 async def _plan_all(
     client: DicomClient, peer: DicomNode, targets: Sequence[RetrieveRequest], cancel: CancelToken
 ) -> list[_Outcome]:
@@ -134,7 +124,7 @@ async def _plan_all(
             outcome.error = exc
         return outcome
 
-    return await _bounded(client.max_associations, [functools.partial(plan, r) for r in targets])
+    return await run_bounded(client.max_associations, [functools.partial(plan, r) for r in targets])
 
 
 def _subplan(plan: RetrievePlan, instances: list[PlannedInstance]) -> RetrievePlan:
@@ -246,7 +236,7 @@ async def pull_to_memory(
             for o in outcomes
             if o.plan is not None and o.error is None
         ]
-        await _bounded(client.max_associations, jobs)
+        await run_bounded(client.max_associations, jobs)
     except asyncio.CancelledError:
         if interrupted is not None:
             results = [o.result for o in outcomes if o.result is not None]
@@ -327,7 +317,7 @@ async def pull_to_disk(
             outcome.error = part.error
 
     try:
-        await _bounded(client.max_associations, [functools.partial(run, *w) for w in work])
+        await run_bounded(client.max_associations, [functools.partial(run, *w) for w in work])
     except asyncio.CancelledError:
         # what is on disk now is complete (written then renamed): list it, then stop
         manifest = _manifest(output_dir, outcomes, results, interrupted=True)
