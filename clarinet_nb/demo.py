@@ -1,11 +1,11 @@
 """Demo: a local PACS with a synthetic cohort, queried and retrieved with clarinet_nb.
 
 ``python -m clarinet_nb.demo`` (or ``bash scripts/demo.sh``, which installs
-Orthanc and the Python packages first) starts Orthanc on loopback, loads a
-generated cohort (3 patients, 6 studies: CT/MR/CR, SR, KO, PR, Secondary
-Capture, PDF, a JPEG, Japanese and German names), runs the quickstart notebook
-(``notebooks/01_quickstart.ipynb``) against it and prints what each cell
-showed, then stops Orthanc.
+Orthanc and the Python packages first) starts Orthanc (admitting only loopback
+clients with known AE titles), loads a generated cohort (3 patients, 6
+studies: CT/MR/CR, SR, KO, PR, Secondary Capture, PDF, a JPEG, Japanese and
+German names), runs the quickstart notebook (``notebooks/01_quickstart.ipynb``)
+against it and prints what each cell showed, then stops Orthanc.
 
 The demo PACS sits where clarinet_nb looks by default, so that a plain
 ``cnb.connect()`` reaches it: AE title ORTHANC on port 4242, with our C-MOVE
@@ -45,6 +45,11 @@ __all__ = ["DemoPacs", "main", "print_notebook", "run_notebook", "start_pacs"]
 
 HOST = "127.0.0.1"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+#: Calling AE titles the demo PACS admits, from 127.0.0.1 only (besides dicom_aet):
+#: DCMTK's and pynetdicom's defaults.  Orthanc 1.10 cannot bind to loopback, so it
+#: refuses everyone else instead.
+DEMO_CLIENTS = ("ECHOSCU", "FINDSCU", "GETSCU", "MOVESCU", "STORESCU", "PYNETDICOM")
 PACKAGE_ROOT = Path(clarinet_nb.__file__).resolve().parent.parent
 NOTEBOOKS = PACKAGE_ROOT / "notebooks"
 QUICKSTART = "01_quickstart.ipynb"
@@ -119,7 +124,11 @@ def start_pacs(workdir: Path, config: Settings | None = None) -> Iterator[DemoPa
     cohort = generate_cohort(workdir / "cohort")
     destinations = {"clarinet": (pacs.scp_aet, HOST, pacs.scp_port)}
     server = OrthancServer(
-        workdir / "orthanc", aet=pacs.aet, port=pacs.port, move_destinations=destinations
+        workdir / "orthanc",
+        aet=pacs.aet,
+        port=pacs.port,
+        move_destinations=destinations,
+        loopback_clients=DEMO_CLIENTS,
     )
     with server:
         server.load(cohort.paths())

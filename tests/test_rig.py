@@ -77,9 +77,9 @@ def image_query(study_uid: str, series_uid: str) -> Dataset:
     return q
 
 
-def associate(host: str, port: int, called: str) -> tuple[bool, bool]:
+def associate(host: str, port: int, called: str, calling: str = "RIGTEST") -> tuple[bool, bool]:
     """(established, rejected) for a Verification association to ``called``."""
-    ae = AE(ae_title="RIGTEST")
+    ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     assoc = ae.associate(host, port, ae_title=called)
     established, rejected = assoc.is_established, assoc.is_rejected
@@ -219,6 +219,24 @@ def test_orthanc_check_called_aet(tmp_path: Path) -> None:
         assert associate(server.host, server.port, "STRICT") == (True, False)
         assert associate(server.host, server.port, "NOT_THIS_AE") == (False, True)
     assert not server.running
+
+
+def test_orthanc_loopback_clients_only(tmp_path: Path, cohort: Cohort) -> None:
+    """Orthanc listens on all interfaces; ``loopback_clients`` admits known AEs from 127.0.0.1."""
+    destinations = {"clarinet": ("CLARINET", "127.0.0.1", 11112)}
+    server = OrthancServer(tmp_path, move_destinations=destinations, loopback_clients=["FINDSCU"])
+    config = server.config()
+    assert config["DicomCheckModalityHost"] is True
+    assert not any(v for k, v in config.items() if k.startswith("DicomAlwaysAllow"))
+    hosts = {entry[1] for entry in config["DicomModalities"].values()}
+    aets = {entry[0] for entry in config["DicomModalities"].values()}
+    assert hosts == {"127.0.0.1"}
+    assert aets == {"CLARINET", "FINDSCU", "ECHOSCU", "LOADER"}
+    with server:
+        assert server.load([cohort.instances[0].path]) == 1  # the loader is let in
+        assert associate(server.host, server.port, "ORTHANC", "FINDSCU") == (True, False)
+        assert associate(server.host, server.port, "ORTHANC", "CLARINET") == (True, False)
+        assert associate(server.host, server.port, "ORTHANC", "STRANGER") == (False, True)
 
 
 @pytest.mark.parametrize("kind", [OrthancServer, DcmqrscpServer])

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clarinet_nb.testing.peer import PeerProcess
+from clarinet_nb.testing.peer import HOST, PeerProcess
 from clarinet_nb.testing.ports import free_port
 
 __all__ = ["OrthancServer"]
+
+#: calling AE titles of our own start-up echo and loader
+INTERNAL_CLIENTS = ("ECHOSCU", "LOADER")
 
 
 class OrthancServer(PeerProcess):
@@ -22,6 +25,12 @@ class OrthancServer(PeerProcess):
     off unless ``http=True`` (then loopback only, ``RemoteAccessAllowed: false``,
     on :attr:`http_port`): Orthanc 1.10.1 takes ~2 s longer to stop with it on.
     ``port`` is the DICOM port (default: a free loopback port).
+
+    Orthanc 1.10 cannot bind its DICOM port to one address: it listens on all
+    interfaces.  ``loopback_clients=[AET, ...]`` makes that harmless: Orthanc
+    then accepts associations only from those calling AE titles (and the move
+    destinations) connecting from 127.0.0.1 (``DicomAlwaysAllow*`` off,
+    ``DicomCheckModalityHost`` on).
     """
 
     kind = "orthanc"
@@ -42,6 +51,7 @@ class OrthancServer(PeerProcess):
         default_encoding: str = "Utf8",
         http: bool = False,
         lua: str = "",
+        loopback_clients: Sequence[str] | None = None,
     ) -> None:
         super().__init__(workdir, aet=aet, port=port or free_port(), tuned=tuned)
         self._http_port = free_port()
@@ -53,6 +63,7 @@ class OrthancServer(PeerProcess):
         self._default_encoding = default_encoding
         self._http = http
         self._lua = lua
+        self._loopback_clients = list(loopback_clients) if loopback_clients is not None else None
         self._binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
     def _lua_path(self) -> Path:
@@ -77,6 +88,7 @@ class OrthancServer(PeerProcess):
 
     def config(self) -> dict[str, Any]:
         """The Orthanc configuration this server runs with."""
+        anyone = self._loopback_clients is None
         return {
             "Name": f"clarinet-test-{self.name}",
             "StorageDirectory": str(self._workdir / "storage"),
@@ -95,16 +107,13 @@ class OrthancServer(PeerProcess):
             "DicomAet": self._aet,
             "DicomPort": self._port,
             "DicomCheckCalledAet": self._check_called_aet,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowFind": True,
-            "DicomAlwaysAllowGet": True,
-            "DicomAlwaysAllowMove": True,
-            "DicomAlwaysAllowStore": True,
-            "DicomCheckModalityHost": False,
-            "DicomModalities": {
-                name: [aet, host, port]
-                for name, (aet, host, port) in self._move_destinations.items()
-            },
+            "DicomAlwaysAllowEcho": anyone,
+            "DicomAlwaysAllowFind": anyone,
+            "DicomAlwaysAllowGet": anyone,
+            "DicomAlwaysAllowMove": anyone,
+            "DicomAlwaysAllowStore": anyone,
+            "DicomCheckModalityHost": not anyone,
+            "DicomModalities": self._modalities(),
             "DicomThreadsCount": 4,
             "DicomScpTimeout": 30,
             "DicomScuTimeout": 30,
@@ -117,6 +126,23 @@ class OrthancServer(PeerProcess):
             "SaveJobs": False,
             "HttpVerbose": False,
         }
+
+    def _modalities(self) -> dict[str, list[str | int]]:
+        modalities: dict[str, list[str | int]] = {
+            name: [aet, host, port] for name, (aet, host, port) in self._move_destinations.items()
+        }
+        known = {str(entry[0]) for entry in modalities.values()}
+        clients = (
+            [*self._loopback_clients, *INTERNAL_CLIENTS]
+            if self._loopback_clients is not None
+            else []
+        )
+        for aet in clients:
+            if aet not in known:
+                # a client only: the port is never called (C-MOVE to it would fail)
+                modalities[f"client-{aet.lower()}"] = [aet, HOST, 104]
+                known.add(aet)
+        return modalities
 
     def _write_config(self) -> None:
         self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
