@@ -142,8 +142,10 @@ def test_batch_collects_failures(
     pacs = pacs_for(picky_orthanc, move_scp_port)
     first, second = cohort.patients()[:2]
     rows = pd.DataFrame({"PatientID": [first, "FORBIDDEN", second], "label": ["x", "y", "z"]})
-    with pytest.warns(cnb.ClarinetWarning, match="1 of 3 queries failed"):
+    with pytest.warns(cnb.ClarinetWarning, match="1 of 3 queries failed") as warned:
         found = pacs.find_studies(rows)
+    # issued again in this thread, pointing at the line above (not at asyncio's internals)
+    assert [w.filename for w in warned if w.category is cnb.ClarinetWarning] == [__file__]
     assert set(found["PatientID"]) == {first, second}
     assert sorted(found["StudyInstanceUID"]) == sorted(
         cohort.studies(first) + cohort.studies(second)
@@ -241,6 +243,13 @@ def test_truncation_is_flagged_and_auto_split(
     pacs = pacs_for(capped_orthanc, move_scp_port)
     with pytest.warns(cnb.ClarinetWarning, match="cut some answers short"):
         capped = pacs.find_studies()
+    with pytest.warns(cnb.ClarinetWarning, match="cut some answers short") as warned:
+
+        async def cell() -> pd.DataFrame:
+            return await pacs.afind_studies()  # the async face points at the awaiting line
+
+        asyncio.run(cell())
+    assert {w.filename for w in warned if w.category is cnb.ClarinetWarning} == {__file__}
     assert capped.attrs["truncated"] is True
     assert len(capped) == 2
     whole = pacs.find_studies(split="auto")

@@ -119,8 +119,9 @@ def test_resume_after_the_pacs_died_mid_pull(
     pacs = pacs_for(server, free_port(), max_associations=1)
     studies = pacs.find_studies()
     out = tmp_path / "out"
-    with pytest.warns(cnb.ClarinetWarning):
+    with pytest.warns(cnb.ClarinetWarning) as warned:
         first = pacs.get(studies, output_dir=out, progress=KillAfter(server, 40))
+    assert {w.filename for w in warned if w.category is cnb.ClarinetWarning} == {__file__}
     arrived = set(first[first["status"] == "retrieved"]["SOPInstanceUID"])
     assert 40 <= len(arrived) < BULK
     assert first.attrs["failures"]

@@ -13,7 +13,6 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from clarinet_nb.dicom.client import DicomClient
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.queries import QueryLevel
-from clarinet_nb.errors import ClarinetWarning, DicomError, InvalidInputError
+from clarinet_nb.errors import DicomError, InvalidInputError
 from clarinet_nb.notebook.cache import QueryCache
 from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.criteria import KeywordQuery, build_query
@@ -37,6 +36,7 @@ from clarinet_nb.notebook.pull import DatasetList, pull_to_disk, pull_to_memory
 from clarinet_nb.notebook.rows import QueryRow, query_rows, retrieve_targets
 from clarinet_nb.notebook.runner import run_sync
 from clarinet_nb.notebook.split import find_with_split
+from clarinet_nb.notebook.warn import warn
 from clarinet_nb.settings import Settings, settings
 
 __all__ = ["Pacs", "connect", "parse_size"]
@@ -222,17 +222,15 @@ class Pacs:
         }
         result.attrs["query"] = {k: _plain(v) for k, v in result.attrs["query"].items()}
         if failures:
-            warnings.warn(
+            warn(
                 f"{len(failures)} of {len(rows)} queries failed (first: {failures[0]['error']}: "
                 f"{failures[0]['message']}); see frame.attrs['failures']",
-                ClarinetWarning,
                 stacklevel=4,
             )
         if truncated:
-            warnings.warn(
+            warn(
                 "the PACS cut some answers short (a result limit): more rows may match. "
                 "Narrow the query or pass split='auto'",
-                ClarinetWarning,
                 stacklevel=4,
             )
         return result
@@ -311,11 +309,10 @@ class Pacs:
                     if isinstance(kept[0], pd.DataFrame)
                     else len(kept[0])
                 )
-                warnings.warn(
+                warn(
                     f"interrupted: {arrived} instance(s) arrived before the interrupt; "
                     "they are listed in pacs.interrupted",
-                    ClarinetWarning,
-                    stacklevel=3,
+                    stacklevel=2,
                 )
             raise
 
@@ -370,11 +367,10 @@ class Pacs:
     @staticmethod
     def _warn_failures(failures: list[dict[str, Any]], total: int) -> None:
         if failures:
-            warnings.warn(
+            warn(
                 f"{len(failures)} of {total} retrievals failed or are incomplete (first: "
                 f"{failures[0]['error']}: {failures[0]['message']}); see .failures / "
                 "attrs['failures']",
-                ClarinetWarning,
                 stacklevel=4,
             )
 

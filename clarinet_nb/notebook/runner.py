@@ -9,6 +9,8 @@ running loop (a notebook cell), and where the user has applied nest_asyncio.
 A KeyboardInterrupt while waiting (the kernel's "interrupt" button) cancels the
 coroutine on the private loop; the DICOM layer then sends C-CANCEL and releases
 its associations, and we wait for that before re-raising the interrupt.
+Warnings issued on the private loop are issued again in the calling thread,
+pointing at the user's line (see :mod:`clarinet_nb.notebook.warn`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from clarinet_nb.notebook.warn import deferring, reissue
 
 __all__ = ["run_sync"]
 
@@ -66,9 +70,14 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise RuntimeError("run_sync() called from clarinet_nb's own loop; await instead")
     done = threading.Event()
     box: dict[str, asyncio.Task[T]] = {}
+    deferred: list[str] = []
+
+    async def collecting() -> T:
+        with deferring(deferred):
+            return await coro
 
     def start() -> None:
-        task = loop.create_task(coro)
+        task = loop.create_task(collecting())
         task.add_done_callback(lambda _: done.set())
         box["task"] = task
 
@@ -81,7 +90,9 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         loop.call_soon_threadsafe(lambda: box["task"].cancel())  # noqa: PLW0108
         if not done.wait(CLEANUP_LIMIT):
             logger.warning("the interrupted operation did not stop within %.0f s", CLEANUP_LIMIT)
+        reissue(deferred, stacklevel=3)  # at the caller's caller: the user's line
         raise
+    reissue(deferred, stacklevel=3)
     return box["task"].result()
 
 
