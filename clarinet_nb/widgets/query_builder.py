@@ -499,17 +499,25 @@ class QueryBuilder(widgets.VBox):  # type: ignore[misc]
         self.retrieve_button.disabled = True
         self._set_status(message, "busy")
         loop = _running_loop()
-        guarded = self._guarded(job)
         if loop is not None:
-            self._task = asyncio.ensure_future(guarded)
+            self._task = asyncio.ensure_future(self._guarded(job, idle_when_done=True))
         else:
             self._task = None
             self._thread = threading.Thread(
-                target=run_sync, args=(guarded,), name="clarinet-nb-widget", daemon=True
+                target=self._run_in_thread,
+                args=(self._guarded(job, idle_when_done=False),),
+                name="clarinet-nb-widget",
+                daemon=True,
             )
             self._thread.start()
 
-    async def _guarded(self, job: Coroutine[Any, Any, None]) -> None:
+    def _run_in_thread(self, guarded: Coroutine[Any, Any, None]) -> None:
+        try:
+            run_sync(guarded)  # also issues the warnings the job raised, in this thread
+        finally:
+            self._idle.set()
+
+    async def _guarded(self, job: Coroutine[Any, Any, None], *, idle_when_done: bool) -> None:
         try:
             await job
         except asyncio.CancelledError:
@@ -522,7 +530,8 @@ class QueryBuilder(widgets.VBox):  # type: ignore[misc]
         finally:
             self.search_button.disabled = False
             self.retrieve_button.disabled = False
-            self._idle.set()
+            if idle_when_done:
+                self._idle.set()
 
     def _refuse_if_busy(self) -> bool:
         if self.busy:
