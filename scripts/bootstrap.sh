@@ -22,8 +22,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing ${need_apt[*]} with apt-get" >&2
   $SUDO apt-get update -qq
-  # The orthanc package may try to start a system service on 4242; nothing here needs it.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # On a systemd machine the orthanc package starts a system service on 4242, the port
+  # where clarinet_nb's settings (and the demo PACS) expect ORTHANC.  We installed the
+  # package only for its binary, so stop that service again (not one that was there before).
+  if [[ " ${need_apt[*]} " == *" orthanc "* ]]; then
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
+      echo "stopping the orthanc system service the package just started (it would hold" \
+        "port 4242); to run it: systemctl enable --now orthanc" >&2
+      $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+    elif pgrep -f "Orthanc .*/etc/orthanc" >/dev/null 2>&1; then
+      echo "stopping the orthanc service the package just started (it would hold port 4242)" >&2
+      $SUDO /etc/init.d/orthanc stop >/dev/null 2>&1 || true
+      ! pgrep -f "Orthanc .*/etc/orthanc" >/dev/null 2>&1 || $SUDO pkill -f "Orthanc .*/etc/orthanc" || true
+    fi
+  fi
 fi
 
 PYTHON="${PYTHON:-python3}"
