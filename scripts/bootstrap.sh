@@ -33,8 +33,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
       $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
     elif pgrep -f "Orthanc .*/etc/orthanc" >/dev/null 2>&1; then
       echo "stopping the orthanc service the package just started (it would hold port 4242)" >&2
-      $SUDO /etc/init.d/orthanc stop >/dev/null 2>&1 || true
-      ! pgrep -f "Orthanc .*/etc/orthanc" >/dev/null 2>&1 || $SUDO pkill -f "Orthanc .*/etc/orthanc" || true
+      # not /etc/init.d/orthanc stop: start-stop-daemon --exec would stop every Orthanc
+      $SUDO pkill -f "Orthanc .*/etc/orthanc" || true
     fi
   fi
 fi
