@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --tests
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m pytest -q "$@"
-"$PYTHON" -m ruff check clarinet_nb tests benchmarks
+"$PYTHON" -m ruff check clarinet_nb tests benchmarks scripts
 "$PYTHON" -m mypy clarinet_nb
