@@ -128,13 +128,14 @@ class DicomClient:
             done = await _wait_through_cancellation(future, limit)
             if not done:
                 logger.warning("a cancelled DICOM operation did not stop within %.0f s", limit)
-            elif not future.cancelled() and future.exception() is not None:
-                exc = future.exception()
-                logger.debug("cancelled operation ended with", exc_info=exc)
-                if isinstance(exc, RetrieveError):
-                    token.partials.append(exc.result)  # what arrived before it broke off
             elif not future.cancelled():
-                token.partials.append(future.result())  # e.g. what a retrieve brought so far
+                exc = future.exception()
+                if exc is None:
+                    token.partials.append(future.result())  # e.g. what a retrieve brought so far
+                else:
+                    logger.debug("cancelled operation ended with", exc_info=exc)
+                    if isinstance(exc, RetrieveError):
+                        token.partials.append(exc.result)  # what arrived before it broke off
             raise
 
     async def aclose(self) -> None:
@@ -323,9 +324,10 @@ async def _wait_through_cancellation(future: asyncio.Future[Any], limit: float) 
     A second interrupt must not abandon an operation that is handing over
     what arrived; the wait stays bounded by ``limit``.
     """
-    deadline = asyncio.get_running_loop().time() + limit
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
     while not future.done():
-        remaining = deadline - asyncio.get_running_loop().time()
+        remaining = deadline - loop.time()
         if remaining <= 0:
             return False
         with contextlib.suppress(asyncio.CancelledError):

@@ -131,13 +131,10 @@ class OrthancServer(PeerProcess):
         modalities: dict[str, list[str | int]] = {
             name: [aet, host, port] for name, (aet, host, port) in self._move_destinations.items()
         }
+        if self._loopback_clients is None:
+            return modalities
         known = {str(entry[0]) for entry in modalities.values()}
-        clients = (
-            [*self._loopback_clients, *INTERNAL_CLIENTS]
-            if self._loopback_clients is not None
-            else []
-        )
-        for aet in clients:
+        for aet in [*self._loopback_clients, *INTERNAL_CLIENTS]:
             if aet not in known:
                 # a client only: the port is never called (C-MOVE to it would fail)
                 modalities[f"client-{aet.lower()}"] = [aet, HOST, 104]
