@@ -3,6 +3,7 @@ associations released, port free, and what arrived kept and listed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,16 +57,19 @@ def scp_port() -> int:
     return free_port()
 
 
+@contextlib.contextmanager
+def bulk_orthanc(workdir: Path, scp_port: int) -> Iterator[OrthancServer]:
+    """Orthanc with 2 studies x BULK/2 instances, knowing CLARINET on ``scp_port``."""
+    bulk: Cohort = generate_bulk(workdir / "bulk", n_studies=2, per_study=BULK // 2)
+    destinations = {"c": ("CLARINET", "127.0.0.1", scp_port)}
+    with OrthancServer(workdir / "orthanc", move_destinations=destinations) as srv:
+        srv.load(bulk.paths())
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory, scp_port: int) -> Iterator[OrthancServer]:
-    bulk: Cohort = generate_bulk(
-        tmp_path_factory.mktemp("bulk-nb"), n_studies=2, per_study=BULK // 2
-    )
-    destinations = {"c": ("CLARINET", "127.0.0.1", scp_port)}
-    with OrthancServer(
-        tmp_path_factory.mktemp("orthanc-nb-int"), move_destinations=destinations
-    ) as srv:
-        srv.load(bulk.paths())
+    with bulk_orthanc(tmp_path_factory.mktemp("nb-int"), scp_port) as srv:
         yield srv
 
 
