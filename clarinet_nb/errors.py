@@ -11,6 +11,7 @@ One base class, :class:`DicomError`, and a short tree grouped by cause::
     │   ├── DicomTimeoutError
     │   └── LocalPortError
     ├── MemoryLimitError           an in-memory pull would exceed the memory limit
+    ├── LocalStorageError          disk full, read-only or no permission; what arrived is kept
     └── OperationError             the peer answered, but not with success
         ├── QueryError
         └── RetrieveError          carries the RetrieveResult of what did arrive
@@ -30,6 +31,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from clarinet_nb.dicom.models import RetrieveResult
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "DicomTimeoutError",
     "InvalidInputError",
     "LocalPortError",
+    "LocalStorageError",
     "MoveDestinationUnknownError",
     "NetworkError",
     "NotFoundError",
@@ -98,6 +102,23 @@ class MemoryLimitError(DicomError):
         self.projected_bytes = projected_bytes
         self.limit = limit
         self.received = received
+
+
+class LocalStorageError(DicomError):
+    """Local storage failed (disk full, read-only, no permission); what arrived is kept."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        result: RetrieveResult | None = None,
+        manifest: pd.DataFrame | None = None,
+    ):
+        super().__init__(message)
+        self.result = result
+        """The RetrieveResult of the retrieve that hit the error (what arrived, what not)."""
+        self.manifest = manifest
+        """Notebook pulls to disk: the manifest of every planned instance."""
 
 
 class ClarinetWarning(UserWarning):

@@ -6,8 +6,18 @@ for example ``CLARINET_PACS_HOST=pacs.example.org`` or ``CLARINET_DIMSE_TIMEOUT=
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clarinet_nb.dicom.params import (
+    check_ae_param,
+    check_ip,
+    check_max_pdu,
+    check_seconds,
+    parse_size,
+)
 
 __all__ = ["Settings", "settings"]
 
@@ -19,16 +29,44 @@ class Settings(BaseSettings):
         env_prefix="CLARINET_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
+    @field_validator("dicom_aet", "pacs_aet")
+    @classmethod
+    def _aet(cls, value: Any, info: ValidationInfo) -> str:
+        return check_ae_param(str(info.field_name), value)
+
+    @field_validator("dicom_ip")
+    @classmethod
+    def _ip(cls, value: Any) -> str | None:
+        return None if value is None or value == "" else check_ip("dicom_ip", value)
+
+    @field_validator(
+        "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout", "cancel_timeout"
+    )
+    @classmethod
+    def _seconds(cls, value: float) -> float:
+        return check_seconds("timeout", value)
+
+    @field_validator("dicom_max_pdu")
+    @classmethod
+    def _max_pdu(cls, value: int) -> int:
+        return check_max_pdu("dicom_max_pdu", value)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: str) -> str:
+        parse_size(value, "memory_limit")
+        return value
+
     # Our own Application Entity (calling AE title; Storage SCP for C-MOVE).
     dicom_aet: str = Field("CLARINET", description="Our AE title (calling AET, move destination).")
     dicom_port: int = Field(
-        11112, ge=0, le=65535, description="Port of our Storage SCP for C-MOVE."
+        11112, ge=1, le=65535, description="Port of our Storage SCP for C-MOVE."
     )
     dicom_ip: str | None = Field(
         None, description="Address our Storage SCP binds to (None: all interfaces)."
     )
     dicom_max_pdu: int = Field(
-        16384, ge=0, description="Max PDU we announce, sending and receiving (0 = unlimited)."
+        16384, description="Max PDU we announce, sending and receiving (0 = unlimited)."
     )
 
     # The default PACS.

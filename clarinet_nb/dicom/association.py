@@ -7,6 +7,7 @@ wiring cancellation happen here; pynetdicom's outcomes become our exceptions.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
@@ -23,6 +24,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.dicom.params import check_seconds
 from clarinet_nb.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
@@ -36,6 +38,7 @@ __all__ = [
     "make_ae",
     "open_association",
     "release",
+    "resolve",
     "status_of",
     "quicken_reactor",
     "tune_connection",
@@ -61,13 +64,18 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Timeouts in seconds for one association."""
+    """Timeouts in seconds for one association (positive, finite, at most a day)."""
 
     connect: float = 10.0
     acse: float = 30.0
     dimse: float = 120.0
     network: float = 120.0
     cancel: float = 10.0
+
+    def __post_init__(self) -> None:
+        # pynetdicom waits forever on a negative timeout: refuse it here
+        for name in ("connect", "acse", "dimse", "network", "cancel"):
+            check_seconds(f"Timeouts.{name}", getattr(self, name))
 
 
 def make_ae(calling_aet: str, timeouts: Timeouts) -> AE:
@@ -149,6 +157,7 @@ def open_association(
     """
     if contexts is None:
         contexts = [build_context(Verification)]
+    address = resolve(peer, ae.connection_timeout or 10.0, purpose)
     opened = threading.Event()
 
     def on_open(event: evt.Event) -> None:
@@ -158,7 +167,7 @@ def open_association(
     handlers = [(evt.EVT_CONN_OPEN, on_open), *(evt_handlers or [])]
     started = time.monotonic()
     assoc = ae.associate(
-        peer.host,
+        address,
         peer.port,
         ae_title=peer.aet,
         max_pdu=max_pdu,
@@ -202,6 +211,52 @@ def open_association(
     raise PeerUnreachableError(
         f"could not connect to {where}: connection refused or host unreachable"
     )
+
+
+def resolve(peer: DicomNode, timeout: float, purpose: str = "request") -> str:
+    """The address to connect to for ``peer``: its host if an IP address, else the
+    first IPv4 (or IPv6) address its name resolves to, within ``timeout`` seconds.
+
+    The system resolver cannot be interrupted and may wait far longer than the
+    connect timeout (a DNS server that never answers), so it runs in a daemon
+    thread and we stop waiting at the deadline.  Raises PeerUnreachableError for
+    an unknown name and DicomTimeoutError when resolution takes too long.
+    """
+    try:
+        return str(ipaddress.ip_address(peer.host))
+    except ValueError:
+        pass
+    answer: list[str] = []
+    failure: list[OSError] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            entries = socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
+            ipv4 = [e[4][0] for e in entries if e[0] == socket.AF_INET]
+            ipv6 = [e[4][0] for e in entries if e[0] == socket.AF_INET6]
+            found = [str(a) for a in (ipv4 or ipv6)]
+            if not found:
+                raise socket.gaierror(socket.EAI_NONAME, "no IPv4 or IPv6 address")
+            answer.append(found[0])
+        except (OSError, UnicodeError) as exc:  # gaierror, or an unencodable (IDNA) name
+            failure.append(exc if isinstance(exc, OSError) else OSError(str(exc)))
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="clarinet-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise DicomTimeoutError(
+            f"could not resolve the host name of {peer} ({purpose}) within {timeout:g} s "
+            "(connect_timeout): the DNS server does not answer"
+        )
+    if failure:
+        raise PeerUnreachableError(
+            f"could not connect to {peer} ({purpose}): unknown host name "
+            f"({failure[0].strerror or failure[0]})"
+        ) from failure[0]
+    logger.debug("%s resolved to %s", peer.host, answer[0])
+    return answer[0]
 
 
 class _ParkedCheckpoint(threading.Event):

@@ -37,6 +37,13 @@ from clarinet_nb.dicom.models import (
     StudyResult,
 )
 from clarinet_nb.dicom.operations import DicomOperations, FindOutcome, Progress
+from clarinet_nb.dicom.params import (
+    check_ae_param,
+    check_ip,
+    check_max_associations,
+    check_max_pdu,
+    check_port,
+)
 from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
@@ -63,6 +70,10 @@ class DicomClient:
     """Async DICOM Query/Retrieve client.
 
     Defaults come from :data:`clarinet_nb.settings.settings` (``CLARINET_*``).
+    Every parameter is checked here (``InvalidInputError`` naming it and its
+    rule): ``calling_aet`` an AE title, ``max_pdu`` 0 (unlimited) or
+    4096..131072, ``scp_port`` 1..65535, ``scp_ip`` an IP address,
+    ``timeouts`` a :class:`Timeouts`, ``max_associations`` 1..64.
     """
 
     def __init__(
@@ -76,7 +87,14 @@ class DicomClient:
         max_associations: int | None = None,
         config: Settings | None = None,
     ) -> None:
+        if config is not None and not isinstance(config, Settings):
+            raise InvalidInputError(f"config must be a Settings, not {type(config).__name__}")
         cfg = config or settings
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise InvalidInputError(
+                "timeouts must be a Timeouts(connect=..., acse=..., dimse=..., network=..., "
+                f"cancel=...), not {type(timeouts).__name__}"
+            )
         self.timeouts = timeouts or Timeouts(
             connect=cfg.connect_timeout,
             acse=cfg.acse_timeout,
@@ -84,14 +102,16 @@ class DicomClient:
             network=cfg.network_timeout,
             cancel=cfg.cancel_timeout,
         )
+        aet = check_ae_param("calling_aet", cfg.dicom_aet if calling_aet is None else calling_aet)
+        pdu = check_max_pdu("max_pdu", cfg.dicom_max_pdu if max_pdu is None else max_pdu)
+        port = check_port("scp_port", cfg.dicom_port if scp_port is None else scp_port)
+        ip = scp_ip if scp_ip is not None else cfg.dicom_ip
+        ip = check_ip("scp_ip", ip) if ip is not None else None
+        most = cfg.max_associations if max_associations is None else max_associations
+        self.max_associations = check_max_associations("max_associations", most)
         self.operations = DicomOperations(
-            calling_aet if calling_aet is not None else cfg.dicom_aet,
-            max_pdu=cfg.dicom_max_pdu if max_pdu is None else max_pdu,
-            timeouts=self.timeouts,
-            scp_port=cfg.dicom_port if scp_port is None else scp_port,
-            scp_ip=scp_ip if scp_ip is not None else cfg.dicom_ip,
+            aet, max_pdu=pdu, timeouts=self.timeouts, scp_port=port, scp_ip=ip
         )
-        self.max_associations = max_associations or cfg.max_associations
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_associations, thread_name_prefix="clarinet-dicom"
         )

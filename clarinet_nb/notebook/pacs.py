@@ -24,6 +24,7 @@ from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.client import DicomClient
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
+from clarinet_nb.dicom.params import check_cache_dir, check_result_cap, parse_size
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.errors import DicomError, InvalidInputError
 from clarinet_nb.notebook.cache import QueryCache
@@ -45,25 +46,6 @@ logger = logging.getLogger("clarinet_nb")
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 Split = Literal["auto"] | None
-
-
-def parse_size(value: int | str) -> int:
-    """``2_000_000``, ``"500MB"``, ``"2 GB"`` -> bytes."""
-    if isinstance(value, int):
-        if value <= 0:
-            raise InvalidInputError("a memory limit must be positive")
-        return value
-    text = str(value).strip().upper().replace(" ", "").removesuffix("B")
-    factors = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    factor = factors.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in factors else text
-    try:
-        size = int(float(number) * factor)
-    except ValueError:
-        raise InvalidInputError(f"{value!r} is not a size such as '500MB' or '2GB'") from None
-    if size <= 0:
-        raise InvalidInputError("a memory limit must be positive")
-    return size
 
 
 class Pacs:
@@ -427,15 +409,26 @@ def connect(
     names it.  ``cache=`` keeps query results in Parquet; ``result_cap=`` is the
     count at which your PACS silently stops answering (answers that long are then
     treated as truncated; Orthanc's own limit is detected without it).
-    Nothing is sent until the first call.
+    Every parameter is checked at once (``InvalidInputError`` naming it and its
+    rule, see :class:`DicomClient`); nothing is sent until the first call.
     """
+    if config is not None and not isinstance(config, Settings):
+        raise InvalidInputError(f"config must be a Settings, not {type(config).__name__}")
     cfg = config or settings
     if target is None:
         node = DicomNode(aet=cfg.pacs_aet, host=cfg.pacs_host, port=cfg.pacs_port)
     elif isinstance(target, DicomNode):
         node = target
-    else:
+    elif isinstance(target, str):
         node = DicomNode.parse(target)
+    else:
+        raise InvalidInputError(
+            "target must be 'AET@host:port', a DicomNode or None (the settings), "
+            f"not {type(target).__name__}"
+        )
+    limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
+    cap = check_result_cap("result_cap", result_cap) if result_cap is not None else None
+    cache_dir = check_cache_dir("cache", cache) if cache is not None else None
     client = DicomClient(
         calling_aet,
         max_pdu=max_pdu,
@@ -444,11 +437,10 @@ def connect(
         max_associations=max_associations,
         config=cfg,
     )
-    limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
     return Pacs(
         node,
         client,
-        cache=QueryCache(cache) if cache is not None else None,
+        cache=QueryCache(cache_dir) if cache_dir is not None else None,
         memory_limit=limit,
-        result_cap=result_cap,
+        result_cap=cap,
     )
