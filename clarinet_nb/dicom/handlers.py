@@ -8,6 +8,7 @@ that becomes the :class:`~clarinet_nb.dicom.models.RetrieveResult`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -38,7 +39,7 @@ from clarinet_nb.dicom.models import DicomNode, StorageConfig, StorageMode
 from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.errors import DicomError
 
-__all__ = ["Locator", "StorageHandler", "Tally"]
+__all__ = ["Locator", "StorageHandler", "Tally", "storage_reason"]
 
 logger = logging.getLogger("clarinet_nb")
 
@@ -248,6 +249,13 @@ class ForwardSink:
             release(assoc)
 
 
+def storage_reason(exc: OSError) -> str:
+    """An OSError without its file name (paths carry UIDs): ``No space left on device (ENOSPC)``."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason} ({name})" if name else reason
+
+
 class StorageHandler:
     """EVT_C_STORE handler: hands each instance to the mode's sink, keeps the tally."""
 
@@ -261,11 +269,16 @@ class StorageHandler:
         max_pdu: int = 16384,
         on_received: Callable[[int], object] | None = None,
         on_stored: Callable[[str, int], object] | None = None,
+        on_storage_error: Callable[[OSError], object] | None = None,
     ) -> None:
         self.storage = storage
         self.tally = Tally()
         self.on_received = on_received
         self.on_stored = on_stored
+        self.on_storage_error = on_storage_error
+        """Called once, on the first local storage failure (disk full, read-only...)."""
+        self.storage_error: OSError | None = None
+        """The first local storage failure, if any."""
         self.sink: _Sink
         if storage.mode is StorageMode.DISK:
             assert storage.output_dir is not None
@@ -286,8 +299,17 @@ class StorageHandler:
         try:
             self.sink.store(event, sop_uid, self.tally)
         except OSError as exc:
-            logger.error("could not store a received instance: %s", exc)
-            self._fail(sop_uid, f"local storage failed: {exc}")
+            self._fail(sop_uid, f"local storage failed: {storage_reason(exc)}")
+            with self.tally.lock:
+                first = self.storage_error is None
+                if first:
+                    self.storage_error = exc
+            if first:
+                logger.error("could not store a received instance: %s", storage_reason(exc))
+                if self.on_storage_error is not None:
+                    self.on_storage_error(exc)
+            else:
+                logger.debug("could not store a received instance: %s", exc)
             return OUT_OF_RESOURCES
         except Exception as exc:  # noqa: BLE001 - a bad instance must not kill the pull
             logger.error("could not handle a received instance: %s", exc)

@@ -44,7 +44,7 @@ from clarinet_nb.dicom.contexts import (
     plan_get_chunks,
     plan_syntax_chunks,
 )
-from clarinet_nb.dicom.handlers import StorageHandler
+from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
 from clarinet_nb.dicom.models import (
     DicomNode,
     RetrieveResult,
@@ -60,6 +60,7 @@ from clarinet_nb.dicom.status import describe
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
     AssociationRejectedError,
+    LocalStorageError,
     MoveDestinationUnknownError,
     NetworkError,
     NotFoundError,
@@ -336,6 +337,9 @@ class DicomOperations:
             if progress is not None:
                 progress.total = len(plan)
                 progress.refresh()
+        # ``stop`` ends the transfer (C-CANCEL) on the caller's cancel or on a local
+        # storage failure: a full disk must not fail every remaining instance slowly.
+        stop = CancelToken()
         handler = StorageHandler(
             storage,
             locator=plan.locate if plan else None,
@@ -344,21 +348,29 @@ class DicomOperations:
             max_pdu=self.max_pdu,
             on_received=progress.update if progress is not None else None,
             on_stored=on_stored,
+            on_storage_error=lambda exc: stop.cancel(),
         )
+        unlink = cancel.on_cancel(stop.cancel) if cancel is not None else None
         counters = _Counters()
         broken: NetworkError | None = None
         try:
             if method == "get":
-                self._get(request, peer, plan, handler, counters, cancel)
+                self._get(request, peer, plan, handler, counters, stop)
             else:
-                self._move(request, peer, plan, handler, counters, cancel)
+                self._move(request, peer, plan, handler, counters, stop)
         except NetworkError as exc:
             if not handler.tally.arrived and not handler.tally.failed:
                 raise  # nothing happened yet: the network error says it all
             broken = exc
         finally:
+            if unlink is not None:
+                unlink()
             handler.close()
         result = self._result(method, request, peer, plan, handler, counters, started, cancel)
+        if handler.storage_error is not None:
+            raise _storage_failure(result, handler.storage_error, storage, peer) from (
+                handler.storage_error
+            )
         if broken is not None and result.status is RetrieveStatus.SUCCESS and plan is not None:
             logger.warning("%s after every expected instance arrived: %s", method, broken)
             broken = None  # everything the pre-query listed is here
@@ -639,6 +651,25 @@ class DicomOperations:
             associations=counters.associations,
             message=describe(counters.status) if counters.status is not None else "",
         )
+
+
+def _storage_failure(
+    result: RetrieveResult, exc: OSError, storage: StorageConfig, peer: DicomNode
+) -> LocalStorageError:
+    """The LocalStorageError of a retrieve stopped by a local storage failure."""
+    if result.status is RetrieveStatus.SUCCESS:
+        result.status = RetrieveStatus.PARTIAL
+    where = f" in {storage.output_dir}" if storage.output_dir is not None else ""
+    reason = storage_reason(exc)
+    result.message = f"local storage failed: {reason} ({result.message or 'no final status'})"
+    logger.info("%s from %s: %s", result.method.upper(), peer, result.summary())
+    return LocalStorageError(
+        f"local storage failed{where}: {reason}; the {result.method.upper()} from {peer} was "
+        f"stopped. {result.received} instance(s) arrived complete (result.received_sop_"
+        f"instance_uids); {result.summary()}. Free space or choose a writable output_dir, "
+        "then retrieve again.",
+        result=result,
+    )
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:

@@ -25,11 +25,12 @@ from pydicom import Dataset
 
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.client import DicomClient
+from clarinet_nb.dicom.handlers import storage_reason
 from clarinet_nb.dicom.models import DicomNode, RetrieveResult, StorageConfig, StorageMode
 from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.requests import RetrieveRequest
-from clarinet_nb.errors import DicomError, MemoryLimitError, RetrieveError
+from clarinet_nb.errors import DicomError, LocalStorageError, MemoryLimitError, RetrieveError
 from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.parquet import write_parquet
 from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
@@ -281,8 +282,15 @@ async def pull_to_disk(
     Returns the manifest of every planned instance (also written to
     ``output_dir/manifest.parquet``): UIDs, ``path`` and ``status`` (``present``
     from an earlier pull, ``retrieved``, ``failed``, ``missing``) with ``error``.
+    A local storage failure (disk full, read-only) stops the pull and raises
+    LocalStorageError carrying that manifest (``.manifest``), written if it can be.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalStorageError(
+            f"cannot create output_dir {output_dir}: {storage_reason(exc)}; nothing was retrieved"
+        ) from exc
     cancel = CancelToken()
     outcomes = await _plan_all(client, peer, targets, cancel)
     work: list[tuple[_Outcome, RetrieveRequest, RetrievePlan]] = []
@@ -309,9 +317,19 @@ async def pull_to_disk(
     storage = StorageConfig(mode=StorageMode.DISK, output_dir=output_dir)
     results: dict[int, list[tuple[RetrieveResult | None, Exception | None]]] = {}
 
+    storage_failed: list[LocalStorageError] = []
+
     async def run(outcome: _Outcome, request: RetrieveRequest, plan: RetrievePlan) -> None:
         part = _Outcome(request)
-        await _retrieve(client, peer, method, part, request, plan, storage, bar, cancel)
+        if storage_failed:  # the disk is full or read-only: do not even ask
+            part.error = LocalStorageError("not retrieved: local storage had failed")
+        else:
+            await _retrieve(client, peer, method, part, request, plan, storage, bar, cancel)
+        if isinstance(part.error, LocalStorageError) and part.error.result is not None:
+            part.result = part.result or part.error.result
+            if not storage_failed:
+                storage_failed.append(part.error)
+                cancel.cancel()  # stop the other retrieves of this pull too (C-CANCEL)
         results.setdefault(id(outcome), []).append((part.result, part.error))
         if part.error is not None and outcome.error is None:
             outcome.error = part.error
@@ -321,16 +339,51 @@ async def pull_to_disk(
     except asyncio.CancelledError:
         # what is on disk now is complete (written then renamed): list it, then stop
         manifest = _manifest(output_dir, outcomes, results, interrupted=True)
-        _write_manifest(output_dir, manifest)
+        try:
+            _write_manifest(output_dir, manifest)
+        except OSError as exc:
+            logger.warning("could not write the manifest: %s", storage_reason(exc))
         if interrupted is not None:
             interrupted.append(manifest)
         raise
     finally:
         bar.close()
     manifest = _manifest(output_dir, outcomes, results)
-    _write_manifest(output_dir, manifest)
     manifest.attrs["failures"] = [f for f in map(_failure, outcomes) if f]
+    try:
+        _write_manifest(output_dir, manifest)
+        not_written = None
+    except OSError as exc:
+        not_written = storage_reason(exc)
+    if storage_failed or not_written:
+        raise _storage_error(output_dir, manifest, storage_failed, not_written)
     return manifest
+
+
+def _storage_error(
+    root: Path, manifest: pd.DataFrame, failed: list[LocalStorageError], not_written: str | None
+) -> LocalStorageError:
+    """A pull to disk stopped (or could not record itself) on a local storage failure."""
+    arrived = int(manifest["status"].isin(["present", "retrieved"]).sum())
+    first = failed[0] if failed else None
+    cause = first.__cause__ if first is not None else None
+    reason = storage_reason(cause) if isinstance(cause, OSError) else not_written
+    where = (
+        f"also written to {root / MANIFEST_NAME}"
+        if not_written is None
+        else f"{MANIFEST_NAME} could NOT be written ({not_written}): save exc.manifest elsewhere"
+    )
+    stopped = "the pull was stopped; " if first is not None else ""
+    error = LocalStorageError(
+        f"local storage failed in {root}: {reason}; {stopped}{arrived} of {len(manifest)} "
+        f"instance(s) are complete on disk. The manifest of every instance and its outcome is "
+        f"exc.manifest ({where}). Free space or choose a writable output_dir, then get again: "
+        "what is there is skipped.",
+        result=first.result if first is not None else None,
+        manifest=manifest,
+    )
+    error.__cause__ = cause
+    return error
 
 
 def _path(root: Path, inst: PlannedInstance) -> Path:
