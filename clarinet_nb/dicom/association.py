@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import select
 import socket
 import threading
 import time
@@ -60,6 +61,8 @@ _config.LOG_HANDLER_LEVEL = "none"
 #: associations that carry instances get it.
 _RUN_LOOP_DELAY = 0.0002
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+#: How often a read waiting inside a PDU checks whether its association is being killed.
+_STALL_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,33 @@ def tune_connection(event: evt.Event) -> None:
         return
     with contextlib.suppress(OSError):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport.recv = _make_recv(raw)  # type: ignore[method-assign]
+    transport.recv = _make_recv(raw, assoc)  # type: ignore[method-assign]
 
 
-def _make_recv(raw: socket.socket) -> Any:
+def _make_recv(raw: socket.socket, assoc: Association | None = None) -> Any:
     quickack = _TCP_QUICKACK
+    pending = getattr(raw, "pending", None)  # TLS: bytes already decrypted
+
+    def wait_readable() -> None:
+        """Block until ``raw`` is readable, but not forever.
+
+        pynetdicom reads the rest of a PDU with blocking reads and no timeout: a
+        peer or link that stalls mid-PDU would hang the association, and
+        ``Association.kill()`` (our aborts) waits for that read.  We wait in short
+        polls, giving up when the association is being killed or after
+        ``network_timeout`` without a byte.
+        """
+        if (pending is not None and pending()) or select.select([raw], [], [], 0)[0]:
+            return
+        started = time.monotonic()
+        limit = getattr(assoc, "network_timeout", None) if assoc is not None else None
+        while True:
+            if assoc is not None and (assoc._kill or assoc.dul._kill_thread):
+                raise ConnectionAbortedError("the association was aborted while reading a PDU")
+            if select.select([raw], [], [], _STALL_POLL)[0]:
+                return
+            if limit and time.monotonic() - started >= limit:
+                raise TimeoutError(f"no data for {limit:g} s (network_timeout) inside a PDU")
 
     def recv(nr_bytes: int) -> bytearray:
         buffer = bytearray(nr_bytes)
@@ -119,6 +144,7 @@ def _make_recv(raw: socket.socket) -> Any:
                     raw.setsockopt(socket.IPPROTO_TCP, quickack, 1)
                 except OSError:
                     pass
+            wait_readable()
             count = raw.recv_into(view[got:], nr_bytes - got)
             if not count:
                 del view
