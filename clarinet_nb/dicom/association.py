@@ -111,7 +111,8 @@ def tune_connection(event: evt.Event) -> None:
 
 def _make_recv(raw: socket.socket, assoc: Association | None = None) -> Any:
     quickack = _TCP_QUICKACK
-    pending = getattr(raw, "pending", None)  # TLS: bytes already decrypted
+    pending = getattr(raw, "pending", None)  # TLS sockets: bytes already decrypted
+    limit = getattr(assoc, "network_timeout", None) if assoc is not None else None
 
     def wait_readable() -> None:
         """Block until ``raw`` is readable, but not forever.
@@ -122,10 +123,7 @@ def _make_recv(raw: socket.socket, assoc: Association | None = None) -> Any:
         polls, giving up when the association is being killed or after
         ``network_timeout`` without a byte.
         """
-        if (pending is not None and pending()) or select.select([raw], [], [], 0)[0]:
-            return
         started = time.monotonic()
-        limit = getattr(assoc, "network_timeout", None) if assoc is not None else None
         while True:
             if assoc is not None and (assoc._kill or assoc.dul._kill_thread):
                 raise ConnectionAbortedError("the association was aborted while reading a PDU")
@@ -133,6 +131,17 @@ def _make_recv(raw: socket.socket, assoc: Association | None = None) -> Any:
                 return
             if limit and time.monotonic() - started >= limit:
                 raise TimeoutError(f"no data for {limit:g} s (network_timeout) inside a PDU")
+
+    def read(view: memoryview, size: int) -> int:
+        if pending is None:  # plain TCP: no extra system call while data flows
+            try:
+                return raw.recv_into(view, size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        elif pending():
+            return raw.recv_into(view, size)
+        wait_readable()
+        return raw.recv_into(view, size)
 
     def recv(nr_bytes: int) -> bytearray:
         buffer = bytearray(nr_bytes)
@@ -144,8 +153,7 @@ def _make_recv(raw: socket.socket, assoc: Association | None = None) -> Any:
                     raw.setsockopt(socket.IPPROTO_TCP, quickack, 1)
                 except OSError:
                     pass
-            wait_readable()
-            count = raw.recv_into(view[got:], nr_bytes - got)
+            count = read(view[got:], nr_bytes - got)
             if not count:
                 del view
                 return buffer[:got]
