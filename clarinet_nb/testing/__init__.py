@@ -5,10 +5,13 @@
 - :func:`generate_cohort`, :func:`generate_bulk`: deterministic DICOM files.
 - :func:`store_files`: plain pynetdicom C-STORE loader.
 - :class:`Peer`: the read-only view of a peer that tests use.
+- :class:`FaultProxy`, :class:`PeerFreezer`: fault injection (cut/stall a
+  connection, freeze/kill a peer).
 """
 
 from clarinet_nb.testing.cohort import Cohort, CohortInstance, generate_bulk, generate_cohort
 from clarinet_nb.testing.dcmqrscp import DcmqrscpServer
+from clarinet_nb.testing.faults import FaultProxy, PeerFreezer
 from clarinet_nb.testing.loading import store_files
 from clarinet_nb.testing.orthanc import OrthancServer
 from clarinet_nb.testing.peer import Peer, PeerProcess, echo
@@ -18,8 +21,10 @@ __all__ = [
     "Cohort",
     "CohortInstance",
     "DcmqrscpServer",
+    "FaultProxy",
     "OrthancServer",
     "Peer",
+    "PeerFreezer",
     "PeerProcess",
     "echo",
     "free_port",
