@@ -42,7 +42,13 @@ from clarinet_nb import (
     Timeouts,
 )
 from clarinet_nb.testing import Cohort, OrthancServer, free_port, generate_bulk
-from clarinet_nb.testing.faults import ASSOCIATE_RQ, P_DATA_TF, FaultProxy, PeerFreezer
+from clarinet_nb.testing.faults import (
+    ASSOCIATE_RQ,
+    P_DATA_TF,
+    Action,
+    FaultProxy,
+    PeerFreezer,
+)
 from tests.support import port_is_free
 
 PER_STUDY = 30
@@ -220,12 +226,16 @@ async def test_fault_during_pre_query(
     quick_client: DicomClient,
     bulk: Cohort,
     tmp_path: Path,
-    fault: str,
+    fault: Literal["kill", "freeze", "cut", "stall"],
 ) -> None:
     """The first C-FIND response of the pre-query is held back: the peer dies or freezes
     first, or the proxy resets the connection inside that PDU, or stops forwarding."""
     with FaultProxy(victim_server.host, victim_server.port) as proxy:
-        action = victim.action(fault) if fault in ("kill", "freeze") else fault  # type: ignore[arg-type]
+        action: Action = "cut"
+        if fault in ("kill", "freeze"):
+            action = victim.action(fault)
+        elif fault in ("cut", "stall"):
+            action = fault
         offset = 10 if fault == "cut" else 0  # cut after the PDU header and 4 bytes: mid-PDU
         trigger = proxy.arm(action, pdu_number=1, pdu_type=P_DATA_TF, offset=offset)
         with pytest.raises(CAUSE[fault]):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
-__all__ = ["FaultProxy", "PeerFreezer", "Trigger", "rst_close"]
+__all__ = ["Action", "FaultProxy", "PeerFreezer", "Trigger", "frozen", "rst_close"]
 
 LOGGER = logging.getLogger(__name__)
 
