@@ -582,3 +582,32 @@ def test_notebook_pull_into_a_read_only_folder(
     assert "Read-only file system" in str(caught.value)
     assert list(out.iterdir()) == []
     assert port_is_free(scp_port)
+
+
+def test_read_only_cache_and_metadata_folders(
+    victim: PeerFreezer,
+    victim_server: OrthancServer,
+    bulk: Cohort,
+    scp_port: int,
+    tmp_path: Path,
+    mount_point: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cache that cannot be written costs the cache, not the answer; metadata= that
+    cannot be written is a LocalStorageError carrying the manifest of the pull."""
+    ro = mount_point("ro-side", read_only=True)
+    pacs = cnb.connect(node_of(victim_server), scp_port=scp_port, timeouts=QUICK, cache=ro)
+    try:
+        with caplog.at_level("WARNING", logger="clarinet_nb"):
+            studies = pacs.find_studies()
+        assert sorted(studies["StudyInstanceUID"]) == sorted(bulk.studies())
+        assert "could not write the query cache" in caplog.text
+        out = tmp_path / "out"
+        one = studies[studies["StudyInstanceUID"] == study_of(bulk)]
+        with pytest.raises(LocalStorageError, match="metadata= could not be written") as caught:
+            pacs.get(one, output_dir=out, metadata=ro / "headers.parquet", progress=False)
+    finally:
+        pacs.close()
+    manifest = caught.value.manifest
+    assert manifest is not None and set(manifest["status"]) == {"retrieved"}
+    assert len(list(out.rglob("*.dcm"))) == PER_STUDY == len(manifest)

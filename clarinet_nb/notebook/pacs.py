@@ -22,11 +22,12 @@ from pydicom import dcmread
 
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.client import DicomClient
+from clarinet_nb.dicom.handlers import storage_reason
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.params import check_cache_dir, check_result_cap, parse_size
 from clarinet_nb.dicom.queries import QueryLevel
-from clarinet_nb.errors import DicomError, InvalidInputError
+from clarinet_nb.errors import DicomError, InvalidInputError, LocalStorageError
 from clarinet_nb.notebook.cache import QueryCache
 from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.criteria import KeywordQuery, build_query
@@ -154,7 +155,10 @@ class Pacs:
             }
         )
         if self.cache is not None and not truncated:
-            self.cache.put(peer, query, result)
+            try:
+                self.cache.put(peer, query, result)
+            except OSError as exc:  # a full or read-only cache must not lose the answer
+                logger.warning("could not write the query cache: %s", storage_reason(exc))
         return result
 
     def _combine(
@@ -321,7 +325,7 @@ class Pacs:
             )
             self._warn_failures(datasets.failures, len(targets))
             if metadata is not None:
-                write_headers(header_frame(datasets), Path(metadata))
+                _write_metadata(header_frame(datasets), Path(metadata), None)
             return datasets
         manifest = await pull_to_disk(
             self.client,
@@ -339,7 +343,7 @@ class Pacs:
                 Path(p) for p in manifest[manifest["status"].isin(["present", "retrieved"])]["path"]
             ]
             headers = header_frame([dcmread(p, stop_before_pixels=True) for p in here], paths=here)
-            write_headers(headers, Path(metadata))
+            _write_metadata(headers, Path(metadata), manifest)
         return manifest
 
     def get(self, frame: pd.DataFrame, **kw: Any) -> DatasetList | pd.DataFrame:
@@ -365,6 +369,18 @@ class Pacs:
     def close(self) -> None:
         """Stop the worker threads."""
         self.client.close()
+
+
+def _write_metadata(headers: pd.DataFrame, path: Path, manifest: pd.DataFrame | None) -> None:
+    """Write the header frame; a local storage failure is a LocalStorageError."""
+    try:
+        write_headers(headers, path)
+    except OSError as exc:
+        raise LocalStorageError(
+            f"the retrieve succeeded but metadata= could not be written to {path}: "
+            f"{storage_reason(exc)}",
+            manifest=manifest,
+        ) from exc
 
 
 def _with_context(found: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
