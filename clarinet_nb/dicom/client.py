@@ -47,7 +47,7 @@ from clarinet_nb.dicom.params import (
 from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
-from clarinet_nb.errors import InvalidInputError, RetrieveError
+from clarinet_nb.errors import InvalidInputError, LocalStorageError, RetrieveError
 from clarinet_nb.settings import Settings, settings
 
 __all__ = ["DicomClient", "QueryResults"]
@@ -154,7 +154,7 @@ class DicomClient:
                     token.partials.append(future.result())  # e.g. what a retrieve brought so far
                 else:
                     logger.debug("cancelled operation ended with", exc_info=exc)
-                    if isinstance(exc, RetrieveError):
+                    if isinstance(exc, RetrieveError | LocalStorageError) and exc.result:
                         token.partials.append(exc.result)  # what arrived before it broke off
             raise
 
@@ -246,8 +246,9 @@ class DicomClient:
 
         ``output_dir`` stores to disk; ``storage`` picks any mode (default: MEMORY).
         ``progress=True`` shows a ``tqdm.auto`` bar; a tqdm-like object is updated instead.
-        Raises NotFoundError, PartialRetrieveError (``.result`` says what arrived)
-        or MoveDestinationUnknownError.
+        Raises NotFoundError, PartialRetrieveError (``.result`` says what arrived),
+        MoveDestinationUnknownError, or LocalStorageError when the disk is full or
+        read-only (the retrieve is stopped; ``.result`` says what arrived).
         """
         config = _storage(output_dir, storage)
         own_bar = progress is True
