@@ -106,7 +106,7 @@ class DicomClient:
         pdu = check_max_pdu("max_pdu", cfg.dicom_max_pdu if max_pdu is None else max_pdu)
         port = check_port("scp_port", cfg.dicom_port if scp_port is None else scp_port)
         ip = scp_ip if scp_ip is not None else cfg.dicom_ip
-        ip = check_ip("scp_ip", ip) if ip is not None else None
+        ip = check_ip("scp_ip", ip) if ip is not None and ip != "" else None
         most = cfg.max_associations if max_associations is None else max_associations
         self.max_associations = check_max_associations("max_associations", most)
         self.operations = DicomOperations(
