@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     max_associations: int = Field(
         4, ge=1, le=64, description="Concurrent associations one client opens at most."
     )
+    retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a query or retrieve unit after a transient network failure.",
+    )
 
 
 settings = Settings()

@@ -23,6 +23,7 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.operations import DicomOperations, FindOutcome
 from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.dicom.retry import RetryPolicy
 
 __all__ = [
     "CancelToken",
@@ -40,6 +41,7 @@ __all__ = [
     "RetrieveRequest",
     "RetrieveResult",
     "RetrieveStatus",
+    "RetryPolicy",
     "SeriesQuery",
     "SeriesResult",
     "StorageConfig",

@@ -40,6 +40,7 @@ from clarinet_nb.dicom.operations import DicomOperations, FindOutcome, Progress
 from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.dicom.retry import RetryPolicy
 from clarinet_nb.errors import InvalidInputError, RetrieveError
 from clarinet_nb.settings import Settings, settings
 
@@ -75,8 +76,11 @@ class DicomClient:
         timeouts: Timeouts | None = None,
         max_associations: int | None = None,
         config: Settings | None = None,
+        retries: int | RetryPolicy | None = None,
     ) -> None:
         cfg = config or settings
+        self.retry_policy = RetryPolicy.of(retries, cfg.retries)
+        """How the notebook layer retries transient failures (``retries=``, CLARINET_RETRIES)."""
         self.timeouts = timeouts or Timeouts(
             connect=cfg.connect_timeout,
             acse=cfg.acse_timeout,
@@ -95,6 +99,11 @@ class DicomClient:
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_associations, thread_name_prefix="clarinet-dicom"
         )
+
+    @property
+    def retries(self) -> int:
+        """Retries after a transient failure (0: none); see :attr:`retry_policy`."""
+        return self.retry_policy.retries
 
     @property
     def calling_aet(self) -> str:

@@ -162,6 +162,8 @@ class RetrieveResult(BaseModel):
     elapsed: float = 0.0
     associations: int = 0
     message: str = ""
+    attempts: int = 1
+    """How many times it was requested (more than 1 after transient failures were retried)."""
 
     @property
     def ok(self) -> bool:

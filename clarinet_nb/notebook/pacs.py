@@ -25,6 +25,7 @@ from clarinet_nb.dicom.client import DicomClient
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.queries import QueryLevel
+from clarinet_nb.dicom.retry import RetryPolicy, attempts_of, call_with_retries, set_attempts
 from clarinet_nb.errors import DicomError, InvalidInputError
 from clarinet_nb.notebook.cache import QueryCache
 from clarinet_nb.notebook.concurrency import run_bounded
@@ -145,20 +146,33 @@ class Pacs:
         if self.cache is not None and not refresh:
             cached = self.cache.get(peer, query)
             if cached is not None:
+                cached.attrs["attempts"] = 0  # nothing was sent
                 return cached
         started = dt.datetime.now(dt.UTC)
+        attempts = 0
+        policy = self.client.retry_policy
+
+        async def once(q: KeywordQuery) -> FindOutcome:
+            nonlocal attempts
+            attempts += 1
+            return await self.client.find(q, peer=self.node)
 
         async def find(q: KeywordQuery) -> FindOutcome:
-            outcome = await self.client.find(q, peer=self.node)
+            what = f"{q.level.value} C-FIND on {self.node}"
+            outcome, _ = await call_with_retries(functools.partial(once, q), policy, what)
             if self.result_cap and len(outcome.datasets) >= self.result_cap:
                 outcome.truncated = True  # a PACS that stops at a fixed count says nothing
             return outcome
 
-        if split == "auto":
-            datasets, truncated, issued = await find_with_split(find, query)
-        else:
-            outcome = await find(query)
-            datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
+        try:
+            if split == "auto":
+                datasets, truncated, issued = await find_with_split(find, query)
+            else:
+                outcome = await find(query)
+                datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
+        except DicomError as exc:
+            set_attempts(exc, attempts)  # every query of this row, windows included
+            raise
         result = to_frame(datasets, query.keys)
         result.attrs.update(
             {
@@ -168,6 +182,7 @@ class Pacs:
                 "time": started.isoformat(timespec="seconds"),
                 "truncated": truncated,
                 "queries": issued,
+                "attempts": attempts,
                 "cached": False,
             }
         )
@@ -196,6 +211,7 @@ class Pacs:
                         "criteria": dict(query.criteria),
                         "error": type(error).__name__,
                         "message": str(error),
+                        "attempts": attempts_of(error) if error is not None else 1,
                     }
                 )
                 continue
@@ -218,6 +234,8 @@ class Pacs:
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "truncated": truncated,
             "failures": failures,
+            "attempts": sum(int(p.attrs.get("attempts", 1)) for p in parts)
+            + sum(int(f["attempts"]) for f in failures),
             "cached": bool(parts) and all(bool(p.attrs.get("cached")) for p in parts),
         }
         result.attrs["query"] = {k: _plain(v) for k, v in result.attrs["query"].items()}
@@ -419,6 +437,7 @@ def connect(
     max_pdu: int | None = None,
     result_cap: int | None = None,
     config: Settings | None = None,
+    retries: int | RetryPolicy | None = None,
 ) -> Pacs:
     """A :class:`Pacs` for notebooks.
 
@@ -427,6 +446,9 @@ def connect(
     names it.  ``cache=`` keeps query results in Parquet; ``result_cap=`` is the
     count at which your PACS silently stops answering (answers that long are then
     treated as truncated; Orthanc's own limit is detected without it).
+    ``retries=`` (default ``CLARINET_RETRIES``, 3; 0 disables) retries each query
+    and each retrieve unit after a transient network failure, with bounded
+    exponential backoff (a :class:`RetryPolicy` sets the pauses).
     Nothing is sent until the first call.
     """
     cfg = config or settings
@@ -443,6 +465,7 @@ def connect(
         timeouts=timeouts,
         max_associations=max_associations,
         config=cfg,
+        retries=retries,
     )
     limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
     return Pacs(

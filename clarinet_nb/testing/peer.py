@@ -19,6 +19,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol, Self, runtime_checkable
@@ -38,6 +39,8 @@ STOP_TIMEOUT = 15.0
 _POLL_INTERVAL = 0.05
 
 _live: set[PeerProcess] = set()  # running peers, killed at interpreter exit
+# one long-lived thread for starts that must not block the caller (restart_in_background)
+_launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peer-launcher")
 
 
 @runtime_checkable
@@ -305,6 +308,20 @@ class PeerProcess(ABC):
         """Stop and start again with the same ports, storage and configuration."""
         self.stop()
         self.start()
+
+    def restart_in_background(self, *, kill: bool = False) -> Future[None]:
+        """Stop now (SIGKILL with ``kill``), start again from the rig's launcher thread.
+
+        Returns at once, while the peer is down; the Future completes when it
+        answers C-ECHO again (same ports, storage and configuration).  The
+        launcher thread lives as long as the process, so ``PR_SET_PDEATHSIG``
+        (which follows the thread that started a peer) does not end the new one.
+        """
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return _launcher.submit(self.start)
 
     def load(self, paths: Iterable[Path | str], *, fast: bool | None = None) -> int:
         """C-STORE ``paths`` into the running peer; returns the number stored.
