@@ -229,8 +229,10 @@ async def _retrieve(
         ]
         if not errors or not missing:
             outcome.error = None
-            if errors:  # the transport broke off after everything had arrived
-                logger.info("%s: every instance arrived despite %s", what, errors[0])
+            if errors and outcome.result is not None:
+                # the connection broke off after everything the pre-query listed had arrived
+                logger.info("%s: every instance arrived despite %s", what, type(errors[0]).__name__)
+                outcome.result.status = RetrieveStatus.SUCCESS
             return
         permanent = [e for e in errors if not is_transient(e)]
         error = permanent[0] if permanent else errors[-1]

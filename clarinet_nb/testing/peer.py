@@ -309,19 +309,25 @@ class PeerProcess(ABC):
         self.stop()
         self.start()
 
-    def restart_in_background(self, *, kill: bool = False) -> Future[None]:
-        """Stop now (SIGKILL with ``kill``), start again from the rig's launcher thread.
+    def start_in_background(self) -> Future[None]:
+        """:meth:`start` from the rig's launcher thread; the Future completes once it answers.
 
-        Returns at once, while the peer is down; the Future completes when it
-        answers C-ECHO again (same ports, storage and configuration).  The
-        launcher thread lives as long as the process, so ``PR_SET_PDEATHSIG``
-        (which follows the thread that started a peer) does not end the new one.
+        The launcher thread lives as long as the process, so ``PR_SET_PDEATHSIG``
+        (which follows the thread that started a peer) does not end the peer.
+        """
+        return _launcher.submit(self.start)
+
+    def restart_in_background(self, *, kill: bool = False) -> Future[None]:
+        """Stop now (SIGKILL with ``kill``) and :meth:`start_in_background` the same peer.
+
+        Returns while the peer is down; it comes back with the same ports,
+        storage and configuration.
         """
         if kill:
             self.kill()
         else:
             self.stop()
-        return _launcher.submit(self.start)
+        return self.start_in_background()
 
     def load(self, paths: Iterable[Path | str], *, fast: bool | None = None) -> int:
         """C-STORE ``paths`` into the running peer; returns the number stored.
