@@ -9,7 +9,9 @@ restarted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -377,8 +379,17 @@ def test_orthanc_restarted_in_the_middle_of_a_pull_to_memory(rig: Rig) -> None:
     assert set(uids) == {i.sop_uid for i in rig.cohort.instances}
     assert datasets.failures == []
     assert all(r.ok for r in datasets.results), [
-        (r.status, r.attempts, r.expected, r.received, r.missing_sop_instance_uids,
-         r.failed_sop_instance_uids, r.message) for r in datasets.results]
+        (
+            r.status,
+            r.attempts,
+            r.expected,
+            r.received,
+            r.missing_sop_instance_uids,
+            r.failed_sop_instance_uids,
+            r.message,
+        )
+        for r in datasets.results
+    ]
     assert any(r.attempts > 1 for r in datasets.results)
     assert sum(r.received for r in datasets.results) == len(uids)
 
@@ -465,3 +476,94 @@ def _count_finds(pacs: cnb.Pacs, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(pacs.client, "find", find)
     return calls
+
+
+def test_pre_queries_are_retried_while_the_pacs_comes_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pacs = rig.pacs(max_associations=1)
+    studies = pacs.find_studies(PatientID="CLN-*").head(2)
+    original = pacs.client.plan
+    calls = [0]
+    restarts: list[Future[None]] = []
+
+    async def plan(request: Any, *, peer: cnb.DicomNode, cancel: Any = None) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            rig.server.stop()  # down when the first pre-query is sent
+        try:
+            return await original(request, peer=peer, cancel=cancel)
+        except PeerUnreachableError:
+            if not restarts:
+                restarts.append(rig.server.start_in_background())
+            raise
+
+    monkeypatch.setattr(pacs.client, "plan", plan)
+    try:
+        datasets = pacs.get(studies, progress=False)
+    finally:
+        pacs.close()
+    _wait_restarted(restarts, rig.server)
+    expected = {i.sop_uid for s in studies["StudyInstanceUID"] for i in rig.cohort.instances_in(s)}
+    assert isinstance(datasets, cnb.DatasetList)
+    assert {str(ds.SOPInstanceUID) for ds in datasets} == expected
+    assert datasets.failures == []
+    assert calls[0] > 2  # the first pre-query was sent again
+
+
+class _RetryLogged(logging.Handler):
+    """Sets an event when clarinet_nb logs that it pauses before a retry."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.INFO)
+        self.loop, self.event = loop, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "transient, retry" in record.getMessage():
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+async def test_an_interrupt_during_a_retry_pause_ends_the_pull_at_once(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The PACS dies mid-pull and stays down; the pull pausing an hour is interrupted."""
+    patient = rig.pacs()
+    studies = await patient.afind_studies(PatientID="CLN-*")
+    patient.close()
+    hour = RetryPolicy(retries=5, base=3600, cap=3600, jitter=0)
+    pacs = rig.pacs(retries=hour, max_associations=1)
+    handler = _RetryLogged(asyncio.get_running_loop())
+    logger = logging.getLogger("clarinet_nb")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+
+    class KillAfter:
+        total: float | None = None
+        count = 0
+
+        def update(self, n: float = 1) -> None:
+            self.count += int(n)
+            if self.count == 3:
+                rig.server.kill()
+
+    try:
+        task = asyncio.ensure_future(pacs.aget(studies, output_dir=tmp_path, progress=KillAfter()))
+        await asyncio.wait_for(handler.event.wait(), timeout=60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", cnb.ClarinetWarning)
+            await asyncio.wait_for(task, timeout=30)  # not an hour
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        pacs.close()
+        if not rig.server.running:
+            rig.server.start()
+    manifest = pacs.interrupted
+    assert isinstance(manifest, pd.DataFrame)
+    retrieved = set(manifest[manifest["status"] == "retrieved"]["SOPInstanceUID"])
+    assert len(retrieved) >= 3
+    assert retrieved == {p.stem for p in tmp_path.rglob("*.dcm")}
+    assert len(retrieved) < len(manifest)
+    assert set(manifest["status"]) == {"retrieved", "missing"}

@@ -504,9 +504,12 @@ def _manifest(
                     failed[uid] = f"the sub-operation failed ({result.message or 'no status'})"
                 for uid in result.missing_sop_instance_uids:
                     missing[uid] = f"never arrived ({result.message or 'no status'})"
-            if error is not None and result is None:
+            if error is not None:
                 message = f"{type(error).__name__}: {error}"
-                missing.update({i.sop_uid: message for i in outcome.plan.instances})
+                planned = part.plan or outcome.plan
+                missing.update(
+                    {i.sop_uid: message for i in planned.instances if i.sop_uid not in got}
+                )
         present = {i.sop_uid for i in outcome.present}
         for inst in outcome.plan.instances:
             path = _path(root, inst)
