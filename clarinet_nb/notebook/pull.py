@@ -5,7 +5,9 @@ IMAGE level C-FIND, so a pull knows how many instances it should bring.  A disk
 pull skips instances whose files are already there, which makes a second
 ``get`` of the same frame a resume; it writes ``manifest.parquet`` next to the
 files.  A memory pull stops early, with C-CANCEL, when what arrives projects
-past the memory limit.
+past the memory limit.  Pre-queries and retrieve units are retried after
+transient failures (:mod:`clarinet_nb.dicom.retry`); a retried unit asks only for
+the instances that have not arrived, and reports its ``attempts``.
 """
 
 from __future__ import annotations
