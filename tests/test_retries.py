@@ -353,6 +353,7 @@ def test_orthanc_restarted_in_the_middle_of_a_pull_to_disk(
     finally:
         pacs.close()
     _wait_restarted(trigger.restarts, rig.server)
+    assert isinstance(manifest, pd.DataFrame)
     expected = {i.sop_uid for i in rig.cohort.instances}
     assert manifest.attrs["failures"] == []
     assert len(manifest) == len(expected)
@@ -374,22 +375,12 @@ def test_orthanc_restarted_in_the_middle_of_a_pull_to_memory(rig: Rig) -> None:
     finally:
         pacs.close()
     _wait_restarted(trigger.restarts, rig.server)
+    assert isinstance(datasets, cnb.DatasetList)
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
     assert len(uids) == len(set(uids))  # a retry asked only for what had not arrived
     assert set(uids) == {i.sop_uid for i in rig.cohort.instances}
     assert datasets.failures == []
-    assert all(r.ok for r in datasets.results), [
-        (
-            r.status,
-            r.attempts,
-            r.expected,
-            r.received,
-            r.missing_sop_instance_uids,
-            r.failed_sop_instance_uids,
-            r.message,
-        )
-        for r in datasets.results
-    ]
+    assert all(r.ok for r in datasets.results), [r.summary() for r in datasets.results]
     assert any(r.attempts > 1 for r in datasets.results)
     assert sum(r.received for r in datasets.results) == len(uids)
 
