@@ -26,6 +26,7 @@ from clarinet_nb.dicom import (
     StudyQuery,
     StudyResult,
     Timeouts,
+    TLSConfig,
 )
 from clarinet_nb.errors import (
     AssociationAbortedError,
@@ -44,6 +45,7 @@ from clarinet_nb.errors import (
     PeerUnreachableError,
     QueryError,
     RetrieveError,
+    TLSError,
 )
 from clarinet_nb.notebook import (
     DatasetList,
@@ -117,6 +119,8 @@ __all__ = [
     "StorageMode",
     "StudyQuery",
     "StudyResult",
+    "TLSConfig",
+    "TLSError",
     "Timeouts",
     "__version__",
     "connect",

@@ -23,6 +23,7 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.operations import DicomOperations, FindOutcome
 from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.dicom.tls import TLSConfig
 
 __all__ = [
     "CancelToken",
@@ -47,5 +48,6 @@ __all__ = [
     "StorageMode",
     "StudyQuery",
     "StudyResult",
+    "TLSConfig",
     "Timeouts",
 ]

@@ -25,6 +25,7 @@ from clarinet_nb.dicom.client import DicomClient
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.queries import QueryLevel
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.errors import DicomError, InvalidInputError
 from clarinet_nb.notebook.cache import QueryCache
 from clarinet_nb.notebook.concurrency import run_bounded
@@ -419,6 +420,7 @@ def connect(
     max_pdu: int | None = None,
     result_cap: int | None = None,
     config: Settings | None = None,
+    tls: TLSConfig | bool | None = None,
 ) -> Pacs:
     """A :class:`Pacs` for notebooks.
 
@@ -427,6 +429,9 @@ def connect(
     names it.  ``cache=`` keeps query results in Parquet; ``result_cap=`` is the
     count at which your PACS silently stops answering (answers that long are then
     treated as truncated; Orthanc's own limit is detected without it).
+    ``tls=TLSConfig(...)`` speaks DICOM TLS (queries, retrieves and the C-MOVE
+    Storage SCP); by default the ``CLARINET_TLS_*`` settings apply to the default
+    PACS, and ``tls=False`` forces plain TCP.
     Nothing is sent until the first call.
     """
     cfg = config or settings
@@ -443,7 +448,9 @@ def connect(
         timeouts=timeouts,
         max_associations=max_associations,
         config=cfg,
+        tls=tls,
     )
+    node = client.secure(node)
     limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
     return Pacs(
         node,
