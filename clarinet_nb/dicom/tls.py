@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, field_validator
 
 from clarinet_nb.dicom.base import StrictModel
 from clarinet_nb.errors import InvalidInputError, TLSError
@@ -95,8 +95,9 @@ class TLSConfig(StrictModel):
                 return Path(text).expanduser().absolute()
         raise InvalidInputError(f"{value!r} is not a file path")
 
-    @model_validator(mode="after")
-    def _check(self) -> TLSConfig:
+    def __init__(self, /, **data: Any) -> None:
+        super().__init__(**data)
+        # checked here rather than in a validator so that the message names the file plainly
         if (self.cert_file is None) != (self.key_file is None):
             raise InvalidInputError("TLS: give cert_file and key_file together (or neither)")
         if self.verify_peer and self.ca_file is None:
@@ -106,13 +107,15 @@ class TLSConfig(StrictModel):
             )
         for kind in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, kind)
-            if path is not None and not os.access(path, os.R_OK):
-                why = "does not exist" if not path.exists() else "is not readable"
-                if path.exists() and path.is_dir():
-                    why = "is a directory"
-                raise InvalidInputError(f"TLS {kind} {path} {why}")
+            if path is None:
+                continue
+            if not path.exists():
+                raise InvalidInputError(f"TLS {kind} {path} does not exist")
+            if not path.is_file():
+                raise InvalidInputError(f"TLS {kind} {path} is not a file")
+            if not os.access(path, os.R_OK):
+                raise InvalidInputError(f"TLS {kind} {path} is not readable by this process")
         _load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self)
-        return self
 
     @property
     def has_certificate(self) -> bool:

@@ -50,6 +50,7 @@ class OrthancTLS:
         """True when Orthanc C-STOREs to move destination ``name`` over TLS."""
         return self.move_destinations is None or name in self.move_destinations
 
+
 #: calling AE titles of our own start-up echo and loader
 INTERNAL_CLIENTS = ("ECHOSCU", "LOADER")
 
