@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import ssl
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,9 +181,9 @@ class _RecordingSocket(ssl.SSLSocket):
         try:
             super().do_handshake(block)
         except OSError as exc:
-            _record(self, exc, handshake=True)
+            _record(self, exc)
             raise
-        _record(self, None, handshake=True)
+        _record(self, None)
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
         try:
@@ -201,10 +200,11 @@ class _RecordingSocket(ssl.SSLSocket):
             raise
 
 
-def _record(sock: ssl.SSLSocket, exc: OSError | None, *, handshake: bool = False) -> None:
+def _record(sock: ssl.SSLSocket, exc: OSError | None) -> None:
+    """Note a TLS failure on ``sock`` (None: its handshake completed)."""
     context = sock.context
     if isinstance(context, _RecordingContext):
-        context.note(exc, handshake=handshake, sock=sock)
+        context.note(exc, sock)
 
 
 class _RecordingContext(ssl.SSLContext):
@@ -215,14 +215,14 @@ class _RecordingContext(ssl.SSLContext):
     error: OSError | None = None
     handshake_done: bool = False
 
-    def note(self, exc: OSError | None, *, handshake: bool, sock: ssl.SSLSocket) -> None:
+    def note(self, exc: OSError | None, sock: ssl.SSLSocket) -> None:
         if exc is None:
             self.handshake_done = True
             return
         if self.error is None:
             self.error = exc
         if self.server_side:
-            _warn_refused(sock, exc, handshake=handshake)
+            _warn_refused(sock, exc)
 
     @property
     def server_side(self) -> bool:
@@ -255,21 +255,15 @@ class _RecordingContext(ssl.SSLContext):
         )
 
 
-_warned_lock = threading.Lock()
-
-
-def _warn_refused(sock: ssl.SSLSocket, exc: OSError, *, handshake: bool) -> None:
+def _warn_refused(sock: ssl.SSLSocket, exc: OSError) -> None:
     try:
         host, port = sock.getpeername()[:2]
         where = f"{host}:{port}"
     except OSError:
         where = "a peer"
-    with _warned_lock:
-        logger.warning(
-            "our Storage SCP refused a TLS connection from %s: %s",
-            where,
-            explain_server_side(exc) if handshake or isinstance(exc, ssl.SSLError) else exc,
-        )
+    logger.warning(
+        "our Storage SCP dropped a TLS connection from %s: %s", where, explain_server_side(exc)
+    )
 
 
 class ClientTLS:
