@@ -187,15 +187,26 @@ class _RecordingSocket(ssl.SSLSocket):
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
         try:
-            return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
-        except ssl.SSLError as exc:
+            count = super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise
+        except OSError as exc:  # an alert, a reset: the peer refused something
             _record(self, exc)
             raise
+        if count:
+            self.__dict__["_clarinet_got_data"] = True
+        elif not self.__dict__.get("_clarinet_got_data"):
+            # closed without a word after the handshake: what a peer that does not
+            # accept our certificate does under TLS 1.3
+            _record(self, ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "closed before any data"))
+        return count
 
     def send(self, data: Any, flags: int = 0) -> int:
         try:
             return super().send(data, flags)
-        except ssl.SSLError as exc:
+        except TimeoutError:
+            raise
+        except OSError as exc:
             _record(self, exc)
             raise
 
