@@ -27,6 +27,7 @@ from clarinet_nb import (
     DicomClient,
     DicomNode,
     InvalidInputError,
+    LocalPortError,
     NetworkError,
     RetrieveError,
     RetrieveStatus,
@@ -219,6 +220,9 @@ async def test_echo_and_find(tls_orthanc: OrthancServer, good: TLSConfig, cohort
         assert await client.echo(node)
         assert await client.echo(tls_node(tls_orthanc, good, host="localhost"))
         studies = await client.find_studies(StudyQuery(), peer=node)
+        # encrypted without checking the PACS (Orthanc still checks our certificate)
+        unchecked = TLSConfig(cert_file=good.cert_file, key_file=good.key_file, verify_peer=False)
+        assert await client.echo(tls_node(tls_orthanc, unchecked, host="127.0.0.2"))
     assert {s.study_instance_uid for s in studies} == set(cohort.studies())
 
 
@@ -401,6 +405,19 @@ async def test_move_to_a_destination_orthanc_reaches_without_tls(
     assert info.value.result.received == 0
     assert port_is_free(plain_destination_port)
     assert any("does not speak TLS" in r.getMessage() for r in caplog.records)
+
+
+def test_tls_and_plain_moves_cannot_share_a_port(good: TLSConfig) -> None:
+    port = free_port()
+    handler = StorageHandler(StorageConfig(mode=StorageMode.MEMORY))
+    tls = scp_context(good)
+    with (
+        receiving(handler, aet="CLARINET", port=port, ip="127.0.0.1", timeouts=SHORT),
+        pytest.raises(LocalPortError, match="already serves plain C-MOVEs"),
+        receiving(handler, aet="CLARINET", port=port, ip="127.0.0.1", ssl_context=tls),
+    ):
+        pass
+    assert port_is_free(port)
 
 
 async def test_move_over_tls_needs_our_certificate(
