@@ -27,6 +27,7 @@ from clarinet_nb.dicom import (
     StudyQuery,
     StudyResult,
     Timeouts,
+    TLSConfig,
 )
 from clarinet_nb.errors import (
     AssociationAbortedError,
@@ -45,6 +46,7 @@ from clarinet_nb.errors import (
     PeerUnreachableError,
     QueryError,
     RetrieveError,
+    TLSError,
 )
 from clarinet_nb.notebook import (
     DatasetList,
@@ -119,6 +121,8 @@ __all__ = [
     "StorageMode",
     "StudyQuery",
     "StudyResult",
+    "TLSConfig",
+    "TLSError",
     "Timeouts",
     "__version__",
     "connect",

@@ -61,5 +61,20 @@ class Settings(BaseSettings):
         description="Retries of a query or retrieve unit after a transient network failure.",
     )
 
+    # DICOM TLS for the default PACS (see README "DICOM TLS"); unset: plain TCP.
+    tls_ca_file: str | None = Field(
+        None, description="PEM file of the CA(s) that signed the PACS's certificate."
+    )
+    tls_cert_file: str | None = Field(None, description="PEM file of our own certificate.")
+    tls_key_file: str | None = Field(
+        None, description="PEM file of our unencrypted private key (owner-readable only)."
+    )
+    tls_verify_peer: bool = Field(
+        True, description="Verify the peer's certificate against tls_ca_file."
+    )
+    tls_check_hostname: bool = Field(
+        True, description="The PACS certificate must name pacs_host (an IP needs an IP SAN)."
+    )
+
 
 settings = Settings()

@@ -41,6 +41,7 @@ from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.dicom.retry import RetryPolicy
+from clarinet_nb.dicom.tls import TLSConfig, tls_from_settings
 from clarinet_nb.errors import InvalidInputError, RetrieveError
 from clarinet_nb.settings import Settings, settings
 
@@ -77,10 +78,12 @@ class DicomClient:
         max_associations: int | None = None,
         config: Settings | None = None,
         retries: int | RetryPolicy | None = None,
+        tls: TLSConfig | bool | None = None,
     ) -> None:
         cfg = config or settings
         self.retry_policy = RetryPolicy.of(retries, cfg.retries)
         """How the notebook layer retries transient failures (``retries=``, CLARINET_RETRIES)."""
+        self.tls, self._tls_only_for = _client_tls(tls, cfg)
         self.timeouts = timeouts or Timeouts(
             connect=cfg.connect_timeout,
             acse=cfg.acse_timeout,
@@ -109,6 +112,18 @@ class DicomClient:
     def calling_aet(self) -> str:
         """Our AE title."""
         return self.operations.calling_aet
+
+    def secure(self, peer: DicomNode) -> DicomNode:
+        """``peer`` with this client's TLS when it has none of its own.
+
+        ``tls=TLSConfig(...)`` applies to every peer; TLS from the ``CLARINET_TLS_*``
+        settings only to the default PACS (``CLARINET_PACS_HOST``/``_PORT``).
+        """
+        if peer.tls is not None or self.tls is None:
+            return peer
+        if self._tls_only_for is not None and (peer.host, peer.port) != self._tls_only_for:
+            return peer
+        return peer.model_copy(update={"tls": self.tls})
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -166,6 +181,8 @@ class DicomClient:
     async def echo(self, peer: DicomNode) -> bool:
         """C-ECHO ``peer``: True, or a DicomError saying what is wrong."""
 
+        peer = self.secure(peer)
+
         def _echo(cancel: CancelToken) -> None:
             self.operations.echo(peer)
 
@@ -176,13 +193,13 @@ class DicomClient:
         self, query: AnyQuery, *, peer: DicomNode, cancel: CancelToken | None = None
     ) -> FindOutcome:
         """C-FIND returning the raw pydicom datasets and how the query ended."""
-        return await self.run(self.operations.find, query, peer, cancel=cancel)
+        return await self.run(self.operations.find, query, self.secure(peer), cancel=cancel)
 
     async def plan(
         self, request: RetrieveRequest, *, peer: DicomNode, cancel: CancelToken | None = None
     ) -> RetrievePlan:
         """List what ``request`` would retrieve (the pre-query of a retrieve)."""
-        return await self.run(self.operations.plan, request, peer, cancel=cancel)
+        return await self.run(self.operations.plan, request, self.secure(peer), cancel=cancel)
 
     async def _find(self, query: AnyQuery, peer: DicomNode, model: type[Any]) -> QueryResults[Any]:
         outcome = await self.find(query, peer=peer)
@@ -239,6 +256,12 @@ class DicomClient:
         or MoveDestinationUnknownError.
         """
         config = _storage(output_dir, storage)
+        peer = self.secure(peer)
+        if method == "move" and peer.tls is not None and not peer.tls.has_certificate:
+            raise InvalidInputError(
+                "a C-MOVE over TLS needs cert_file and key_file: our Storage SCP is then a TLS "
+                "server the PACS connects to (or retrieve with C-GET)"
+            )
         own_bar = progress is True
         bar: Progress | None
         if progress is True:
@@ -309,6 +332,23 @@ class DicomClient:
         """C-MOVE one instance (or several of one series) to our Storage SCP."""
         request = RetrieveRequest.instances(sop_uid, series_uid, study_uid)
         return await self.retrieve("move", request, peer=peer, **kwargs)
+
+
+def _client_tls(
+    tls: TLSConfig | bool | None, cfg: Settings
+) -> tuple[TLSConfig | None, tuple[str, int] | None]:
+    """The client's TLS and, when it comes from the settings, the one address it is for."""
+    if tls is None:
+        from_settings = tls_from_settings(cfg)
+        scope = (cfg.pacs_host, cfg.pacs_port) if from_settings is not None else None
+        return from_settings, scope
+    if tls is False:
+        return None, None
+    if isinstance(tls, TLSConfig):
+        return tls, None
+    raise InvalidInputError(
+        f"tls must be a TLSConfig, False (plain TCP) or None (from settings), not {tls!r}"
+    )
 
 
 def _check(query: Any, expected: type[T]) -> T:

@@ -25,6 +25,7 @@ from clarinet_nb.dicom.results import (
     SeriesResult,
     StudyResult,
 )
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import InvalidInputError
 
@@ -50,13 +51,18 @@ _NODE_RE = re.compile(r"^\s*(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\
 
 
 class DicomNode(StrictModel):
-    """A DICOM Application Entity on the network: AE title, host and port."""
+    """A DICOM Application Entity on the network: AE title, host and port.
+
+    ``tls=TLSConfig(...)`` makes every association with it DICOM TLS (and our
+    Storage SCP speak TLS during a C-MOVE from it); None is plain TCP.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     aet: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: TLSConfig | None = None
 
     @field_validator("aet")
     @classmethod
@@ -72,12 +78,12 @@ class DicomNode(StrictModel):
         return host
 
     @classmethod
-    def parse(cls, text: str) -> DicomNode:
+    def parse(cls, text: str, *, tls: TLSConfig | None = None) -> DicomNode:
         """Parse ``"AET@host:port"``, e.g. ``"ORTHANC@127.0.0.1:4242"``."""
         match = _NODE_RE.match(text)
         if not match:
             raise InvalidInputError(f"{text!r} is not of the form AET@host:port")
-        return cls(aet=match["aet"], host=match["host"], port=int(match["port"]))
+        return cls(aet=match["aet"], host=match["host"], port=int(match["port"]), tls=tls)
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"

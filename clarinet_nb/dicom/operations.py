@@ -57,6 +57,7 @@ from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
 from clarinet_nb.dicom.results import names_look_emptied
 from clarinet_nb.dicom.scp import receiving
 from clarinet_nb.dicom.status import describe
+from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
     AssociationRejectedError,
@@ -539,6 +540,8 @@ class DicomOperations:
             timeouts=self.timeouts,
             expected=expected,
             extra_classes=extra,
+            # a C-MOVE over TLS: the PACS connects to our SCP over TLS too
+            ssl_context=scp_context(peer.tls, self.timeouts.network) if peer.tls else None,
         ):
             ae = make_ae(self.calling_aet, self.timeouts)
             model = str(StudyRootQueryRetrieveInformationModelMove)

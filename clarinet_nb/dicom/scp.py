@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,7 +79,13 @@ def _scp_ae(aet: str, max_pdu: int, timeouts: Timeouts, extra_classes: frozenset
 
 
 def _start(
-    aet: str, ip: str, port: int, max_pdu: int, timeouts: Timeouts, extra_classes: frozenset[str]
+    aet: str,
+    ip: str,
+    port: int,
+    max_pdu: int,
+    timeouts: Timeouts,
+    extra_classes: frozenset[str],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> _Listener:
     ae = _scp_ae(aet, max_pdu, timeouts, extra_classes)
     holder: dict[str, _Listener] = {}
@@ -94,6 +101,7 @@ def _start(
                 (evt.EVT_CONN_OPEN, tune_instance_connection),
             ],
             server_class=ThreadedAssociationServer,
+            ssl_context=ssl_context,
         )
     except OSError as exc:
         raise LocalPortError(
@@ -112,7 +120,9 @@ def _start(
     thread.start()
     listener = _Listener(server=server, aet=aet)
     holder["listener"] = listener
-    logger.info("Storage SCP %s listening on port %d", aet, port)
+    logger.info(
+        "Storage SCP %s listening on port %d%s", aet, port, " (TLS)" if ssl_context else ""
+    )
     return listener
 
 
@@ -136,16 +146,29 @@ def receiving(
     timeouts: Timeouts | None = None,
     expected: frozenset[str] | None = None,
     extra_classes: frozenset[str] = frozenset(),
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[None]:
-    """Receive C-STOREs for one C-MOVE into ``handler`` while the block runs."""
+    """Receive C-STOREs for one C-MOVE into ``handler`` while the block runs.
+
+    ``ssl_context`` (a C-MOVE over TLS, see :func:`clarinet_nb.dicom.tls.scp_context`)
+    makes the listener speak DICOM TLS only.
+    """
     key = (ip or "", port)
     route = _Route(handler=handler, expected=expected)
     with _registry_lock:
         listener = _listeners.get(key)
         if listener is not None and listener.aet != aet:
             raise LocalPortError(f"port {port} already serves C-MOVEs as {listener.aet}, not {aet}")
+        if listener is not None and (listener.server.ssl_context is None) != (ssl_context is None):
+            served, wanted = ("plain", "TLS") if ssl_context else ("TLS", "plain")
+            raise LocalPortError(
+                f"port {port} already serves {served} C-MOVEs; a {wanted} C-MOVE cannot share "
+                "it: run them one after the other or use another scp_port"
+            )
         if listener is None:
-            listener = _start(aet, key[0], port, max_pdu, timeouts or Timeouts(), extra_classes)
+            listener = _start(
+                aet, key[0], port, max_pdu, timeouts or Timeouts(), extra_classes, ssl_context
+            )
             _listeners[key] = listener
         with listener.lock:
             listener.routes.append(route)

@@ -26,6 +26,7 @@ from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.dicom.retry import RetryPolicy, attempts_of, call_with_retries, set_attempts
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.errors import DicomError, InvalidInputError
 from clarinet_nb.notebook.cache import QueryCache
 from clarinet_nb.notebook.concurrency import run_bounded
@@ -438,6 +439,7 @@ def connect(
     result_cap: int | None = None,
     config: Settings | None = None,
     retries: int | RetryPolicy | None = None,
+    tls: TLSConfig | bool | None = None,
 ) -> Pacs:
     """A :class:`Pacs` for notebooks.
 
@@ -449,6 +451,9 @@ def connect(
     ``retries=`` (default ``CLARINET_RETRIES``, 3; 0 disables) retries each query
     and each retrieve unit after a transient network failure, with bounded
     exponential backoff (a :class:`RetryPolicy` sets the pauses).
+    ``tls=TLSConfig(...)`` speaks DICOM TLS (queries, retrieves and the C-MOVE
+    Storage SCP); by default the ``CLARINET_TLS_*`` settings apply to the default
+    PACS, and ``tls=False`` forces plain TCP.
     Nothing is sent until the first call.
     """
     cfg = config or settings
@@ -466,7 +471,9 @@ def connect(
         max_associations=max_associations,
         config=cfg,
         retries=retries,
+        tls=tls,
     )
+    node = client.secure(node)
     limit = parse_size(memory_limit if memory_limit is not None else cfg.memory_limit)
     return Pacs(
         node,

@@ -5,12 +5,14 @@
 - :func:`generate_cohort`, :func:`generate_bulk`: deterministic DICOM files.
 - :func:`store_files`: plain pynetdicom C-STORE loader.
 - :class:`Peer`: the read-only view of a peer that tests use.
+- :class:`OrthancTLS`: DICOM TLS for a test Orthanc; ``clarinet_nb.testing.certs``
+  makes the CA and certificates (it needs the ``cryptography`` test dependency).
 """
 
 from clarinet_nb.testing.cohort import Cohort, CohortInstance, generate_bulk, generate_cohort
 from clarinet_nb.testing.dcmqrscp import DcmqrscpServer
 from clarinet_nb.testing.loading import store_files
-from clarinet_nb.testing.orthanc import OrthancServer
+from clarinet_nb.testing.orthanc import OrthancServer, OrthancTLS
 from clarinet_nb.testing.peer import Peer, PeerProcess, echo
 from clarinet_nb.testing.ports import free_port
 
@@ -19,6 +21,7 @@ __all__ = [
     "CohortInstance",
     "DcmqrscpServer",
     "OrthancServer",
+    "OrthancTLS",
     "Peer",
     "PeerProcess",
     "echo",
