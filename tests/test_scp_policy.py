@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -113,6 +114,15 @@ def _ops(port: int, **kwargs: Any) -> DicomOperations:
 
 def _original(cohort: Cohort, sop_uid: str) -> Dataset:
     return dcmread(cohort.by_sop_uid()[sop_uid].path)
+
+
+def _no_acceptor_threads() -> bool:
+    for thread in threading.enumerate():
+        if isinstance(thread, Association) and thread.is_acceptor:
+            thread.join(timeout=TEST_TIMEOUTS.acse)
+    return not any(
+        isinstance(t, Association) and t.is_acceptor and t.is_alive() for t in threading.enumerate()
+    )
 
 
 def _files(root: Path) -> set[Path]:
@@ -210,6 +220,7 @@ def test_other_calling_aet_is_rejected_at_association(
     assert sorted(spy.paths) == sorted(result.paths)
     assert "1 refused" in result.summary()
     assert port_is_free(move_scp_port)
+    assert _no_acceptor_threads()  # the rejected association's thread ended too
 
 
 def test_right_aet_from_another_address_is_rejected(
@@ -349,7 +360,9 @@ def test_forged_expected_uid_never_replaces_the_real_file(
     assert "ImageComments" not in dcmread(moved)
     assert len([p for p in spy.paths if p.stem == attack.first_uid]) == 2  # move + get, once each
     # warned once, without patient data
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "refused" in r.message]
+    warnings = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "refused" in r.message
+    ]
     assert len(warnings) == 1
     for rec in caplog.records:
         assert inst.patient_id not in rec.getMessage()
@@ -513,9 +526,10 @@ def handler_server(tmp_path: Path) -> Iterator[tuple[StorageHandler, int]]:
     ae = AE(ae_title="CLARINET")
     ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
     port = free_port()
-    server: ThreadedAssociationServer = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=handler.handlers()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)]
     )
+    assert isinstance(server, ThreadedAssociationServer)
     try:
         yield handler, port
     finally:

@@ -580,7 +580,10 @@ class DicomOperations:
         connected: str | None = None
         with contextlib.suppress(AttributeError, OSError, IndexError, TypeError):
             connected = str(assoc.dul.socket.socket.getpeername()[0])  # type: ignore[union-attr]
-        return Admission(aets, peer_addresses(peer.host, connected, self.timeouts.connect))
+        addresses = peer_addresses(peer.host, connected, self.timeouts.connect)
+        if not addresses:  # the host neither is an IP nor resolves: check the AE title only
+            logger.info("C-MOVE senders not checked by address: %s does not resolve", peer.host)
+        return Admission(aets, addresses or None)
 
     def _consume(
         self,
