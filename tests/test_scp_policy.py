@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -514,6 +515,60 @@ def test_series_move_without_pre_query_refuses_another_series(
         i.sop_uid for i in cohort.instances_in(series_uid=series)
     )
     assert [r.reason for r in result.refused] == ["not part of this retrieve"]
+
+
+# -- concurrent moves share the listener -------------------------------------------------
+
+
+def test_concurrent_moves_each_keep_only_their_own(
+    orthanc_tuned: OrthancServer, cohort: Cohort, move_scp_port: int, tmp_path: Path
+) -> None:
+    """Two moves from the same PACS overlap on one listener (each waits in its
+    first on_stored for the other): one routed by its pre-query list, the other
+    (query_first=False) by each dataset's study UID; a stranger's instance sent
+    while both run is refused and counted by both."""
+    first, second = cohort.studies()[:2]
+    meet = threading.Barrier(2, timeout=TEST_TIMEOUTS.dimse)
+    sender = HostileSender(move_scp_port, calling_aet=orthanc_tuned.aet)
+
+    def meet_then(action: Callable[[str], Any] | None) -> Attack:
+        def run(uid: str) -> Any:
+            meet.wait()
+            return action(uid) if action is not None else None
+
+        return Attack(run)
+
+    attack_a = meet_then(lambda uid: sender.send([unrelated_dataset()]))
+    attack_b = meet_then(None)
+    ops = _ops(move_scp_port)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        moving_a = pool.submit(
+            _move,
+            ops,
+            orthanc_tuned,
+            RetrieveRequest.study(first),
+            StorageConfig(output_dir=tmp_path / "a"),
+            attack_a,
+        )
+        moving_b = pool.submit(
+            _move,
+            ops,
+            orthanc_tuned,
+            RetrieveRequest.study(second),
+            StorageConfig(output_dir=tmp_path / "b"),
+            attack_b,
+            query_first=False,
+        )
+        result_a, result_b = moving_a.result(), moving_b.result()
+    assert attack_a.result().statuses == [NOT_AUTHORISED]
+    for result, study, root in ((result_a, first, "a"), (result_b, second, "b")):
+        _assert_whole(result, cohort, study)
+        assert _files(tmp_path / root) == {
+            tmp_path / root / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm"
+            for i in cohort.instances_in(study)
+        }
+        assert [r.reason for r in result.refused] == ["not part of this retrieve"]
+    assert port_is_free(move_scp_port)
 
 
 # -- the same handler serves C-GET: duplicates over a real association -----------------
