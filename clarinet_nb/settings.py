@@ -6,8 +6,11 @@ for example ``CLARINET_PACS_HOST=pacs.example.org`` or ``CLARINET_DIMSE_TIMEOUT=
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "settings"]
 
@@ -75,6 +78,34 @@ class Settings(BaseSettings):
     tls_check_hostname: bool = Field(
         True, description="The PACS certificate must name pacs_host (an IP needs an IP SAN)."
     )
+
+    # Who may C-STORE to our Storage SCP during a C-MOVE (besides the PACS moved from).
+    move_allowed_aets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Extra calling AE titles admitted during a C-MOVE, for a PACS that "
+        "sends from another AE title (comma-separated or a JSON list).",
+    )
+    move_check_host: bool = Field(
+        True,
+        description="During a C-MOVE admit only senders from the PACS's address(es).",
+    )
+
+    @field_validator("move_allowed_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("move_allowed_aets", mode="after")
+    @classmethod
+    def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from clarinet_nb.dicom.values import check_ae_title
+
+        return tuple(check_ae_title(aet) for aet in value)
 
 
 settings = Settings()

@@ -40,12 +40,15 @@ from clarinet_nb import (
     TLSConfig,
     TLSError,
 )
-from clarinet_nb.dicom.scp import _listeners, receiving
+from clarinet_nb.dicom.scp import Admission, _listeners, receiving
 from clarinet_nb.dicom.tls import client_tls, scp_context, tls_from_settings
 from clarinet_nb.testing import Cohort, OrthancServer, free_port
 from clarinet_nb.testing.certs import CertificateAuthority, TestPKI, make_test_pki
 from clarinet_nb.testing.orthanc import OrthancTLS
 from tests.support import expected_files, port_is_free
+
+#: the sender our Storage SCP admits in the tests that call receiving() directly
+ADMIT = Admission(frozenset({"ORTHANC"}), frozenset({"127.0.0.1"}))
 
 #: short enough that a hang would show, long enough for 2 busy cores
 SHORT = Timeouts(connect=3, acse=8, dimse=30, network=30, cancel=3)
@@ -378,7 +381,9 @@ async def test_hostname_must_be_in_the_certificate(
 async def test_tls_to_a_plain_port(pki: TestPKI, good: TLSConfig) -> None:
     port = free_port()
     handler = StorageHandler(StorageConfig(mode=StorageMode.MEMORY))
-    with receiving(handler, aet="PLAINSCP", port=port, ip="127.0.0.1", timeouts=SHORT):
+    with receiving(
+        handler, aet="PLAINSCP", port=port, ip="127.0.0.1", timeouts=SHORT, admission=ADMIT
+    ):
         async with DicomClient(timeouts=SHORT) as client:
             with pytest.raises(TLSError, match="does not speak TLS on this port"):
                 await client.echo(DicomNode(aet="PLAINSCP", host="127.0.0.1", port=port, tls=good))
@@ -412,9 +417,13 @@ def test_tls_and_plain_moves_cannot_share_a_port(good: TLSConfig) -> None:
     handler = StorageHandler(StorageConfig(mode=StorageMode.MEMORY))
     tls = scp_context(good)
     with (
-        receiving(handler, aet="CLARINET", port=port, ip="127.0.0.1", timeouts=SHORT),
+        receiving(
+            handler, aet="CLARINET", port=port, ip="127.0.0.1", timeouts=SHORT, admission=ADMIT
+        ),
         pytest.raises(LocalPortError, match="already serves plain C-MOVEs"),
-        receiving(handler, aet="CLARINET", port=port, ip="127.0.0.1", ssl_context=tls),
+        receiving(
+            handler, aet="CLARINET", port=port, ip="127.0.0.1", ssl_context=tls, admission=ADMIT
+        ),
     ):
         pass
     assert port_is_free(port)
@@ -484,6 +493,8 @@ def test_dcmtk_storescu_to_our_tls_scp(
         ip="127.0.0.1",
         timeouts=SHORT,
         ssl_context=scp_context(good, SHORT.network),
+        admission=ADMIT,
+        expected=frozenset({one.sop_uid, other.sop_uid}),
     ):
         with socket.create_connection(("127.0.0.1", port), timeout=5):  # silent client
             stored = _run([STORESCU, *server_tls, *where, str(one.path)], tmp_path)

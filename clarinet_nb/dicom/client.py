@@ -97,6 +97,8 @@ class DicomClient:
             timeouts=self.timeouts,
             scp_port=cfg.dicom_port if scp_port is None else scp_port,
             scp_ip=scp_ip if scp_ip is not None else cfg.dicom_ip,
+            move_allowed_aets=cfg.move_allowed_aets,
+            move_check_host=cfg.move_check_host,
         )
         self.max_associations = max_associations or cfg.max_associations
         self._executor = ThreadPoolExecutor(

@@ -37,6 +37,7 @@ __all__ = [
     "PatientQuery",
     "PatientResult",
     "QueryLevel",
+    "RefusedStore",
     "RetrieveResult",
     "RetrieveStatus",
     "SeriesQuery",
@@ -134,6 +135,24 @@ class RetrieveStatus(StrEnum):
     """The retrieval was cancelled; what arrived is listed."""
 
 
+class RefusedStore(BaseModel):
+    """One association or C-STORE our Storage SCP refused during a retrieve (no patient data)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    """Why: ``calling AE title not allowed``, ``source address not allowed``,
+    ``not part of this retrieve``, ``duplicate SOP Instance UID``."""
+    calling_aet: str = ""
+    address: str = ""
+    """The sender's IP address."""
+    sop_class_uid: str = ""
+    """Empty when the whole association was refused."""
+    sop_instance_uid: str = ""
+    status: int | None = None
+    """The C-STORE failure status we answered; None for a refused association."""
+
+
 class RetrieveResult(BaseModel):
     """Report of one C-GET or C-MOVE: what was expected, what arrived, what failed."""
 
@@ -170,6 +189,9 @@ class RetrieveResult(BaseModel):
     message: str = ""
     attempts: int = 1
     """How many times it was requested (more than 1 after transient failures were retried)."""
+    refused: list[RefusedStore] = Field(default_factory=list)
+    """Associations and C-STOREs our Storage SCP refused during this retrieve (not
+    counted in ``received``): another sender, an instance not asked for, a duplicate."""
 
     @property
     def ok(self) -> bool:
@@ -183,6 +205,8 @@ class RetrieveResult(BaseModel):
         bad = len(set(self.failed_sop_instance_uids) | set(self.missing_sop_instance_uids))
         if bad:
             text += f", {bad} failed or missing"
+        if self.refused:
+            text += f", {len(self.refused)} refused"
         return f"{text} ({self.status.value})"
 
     def __repr_args__(self) -> Any:

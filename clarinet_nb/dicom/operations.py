@@ -55,7 +55,7 @@ from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
 from clarinet_nb.dicom.results import names_look_emptied
-from clarinet_nb.dicom.scp import receiving
+from clarinet_nb.dicom.scp import Admission, Scope, peer_addresses, receiving
 from clarinet_nb.dicom.status import describe
 from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
@@ -68,6 +68,7 @@ from clarinet_nb.errors import (
     PartialRetrieveError,
     QueryError,
 )
+from clarinet_nb.settings import settings
 
 __all__ = ["DicomOperations", "FindOutcome", "Progress"]
 
@@ -140,12 +141,21 @@ class DicomOperations:
         timeouts: Timeouts | None = None,
         scp_port: int = 11112,
         scp_ip: str | None = None,
+        move_allowed_aets: Sequence[str] | None = None,
+        move_check_host: bool | None = None,
     ) -> None:
         self.calling_aet = check_ae_title(calling_aet)
         self.max_pdu = max_pdu
         self.timeouts = timeouts or Timeouts()
         self.scp_port = scp_port
         self.scp_ip = scp_ip
+        allowed = settings.move_allowed_aets if move_allowed_aets is None else move_allowed_aets
+        self.move_allowed_aets = tuple(check_ae_title(aet) for aet in allowed)
+        """Calling AE titles admitted during a C-MOVE besides the PACS's own."""
+        self.move_check_host = (
+            settings.move_check_host if move_check_host is None else move_check_host
+        )
+        """Admit C-MOVE senders only from the PACS's address(es)."""
 
     # -- C-ECHO ---------------------------------------------------------------------------
 
@@ -529,34 +539,54 @@ class DicomOperations:
         counters: _Counters,
         cancel: CancelToken | None,
     ) -> None:
+        """C-MOVE to our own Storage SCP, which admits only ``peer`` (see scp.py).
+
+        The association is opened first: the address it reached is one the
+        PACS's C-STOREs may come from."""
         expected = frozenset(plan.sop_uids) if plan is not None else None
         extra = frozenset(plan.sop_classes) if plan is not None else frozenset()
-        with receiving(
-            handler,
-            aet=self.calling_aet,
-            port=self.scp_port,
-            ip=self.scp_ip,
-            max_pdu=self.max_pdu,
-            timeouts=self.timeouts,
-            expected=expected,
-            extra_classes=extra,
-            # a C-MOVE over TLS: the PACS connects to our SCP over TLS too
-            ssl_context=scp_context(peer.tls, self.timeouts.network) if peer.tls else None,
-        ):
-            ae = make_ae(self.calling_aet, self.timeouts)
-            model = str(StudyRootQueryRetrieveInformationModelMove)
-            assoc = open_association(
-                ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-MOVE"
-            )
-            counters.associations += 1
-            try:
-                _require_context(assoc, model, peer, "C-MOVE")
+        ae = make_ae(self.calling_aet, self.timeouts)
+        model = str(StudyRootQueryRetrieveInformationModelMove)
+        assoc = open_association(
+            ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-MOVE"
+        )
+        counters.associations += 1
+        try:
+            _require_context(assoc, model, peer, "C-MOVE")
+            with receiving(
+                handler,
+                aet=self.calling_aet,
+                port=self.scp_port,
+                ip=self.scp_ip,
+                max_pdu=self.max_pdu,
+                timeouts=self.timeouts,
+                admission=self._move_admission(peer, assoc),
+                expected=expected,
+                scope=Scope(request.study_uid, request.series_uid, frozenset(request.sop_uids)),
+                extra_classes=extra,
+                # a C-MOVE over TLS: the PACS connects to our SCP over TLS too
+                ssl_context=scp_context(peer.tls, self.timeouts.network) if peer.tls else None,
+            ):
                 responses = assoc.send_c_move(
                     request.identifier(), self.calling_aet, model, msg_id=1
                 )
                 self._consume(assoc, responses, counters, cancel, 1, peer, "C-MOVE", model)
-            finally:
-                release(assoc)
+        finally:
+            release(assoc)
+
+    def _move_admission(self, peer: DicomNode, assoc: Association) -> Admission:
+        """Who may C-STORE to us for this move: ``peer``'s AE title (and the
+        ``move_allowed_aets``), from ``peer``'s address(es) when ``move_check_host``."""
+        aets = frozenset({peer.aet, *self.move_allowed_aets})
+        if not self.move_check_host:
+            return Admission(aets)
+        connected: str | None = None
+        with contextlib.suppress(AttributeError, OSError, IndexError, TypeError):
+            connected = str(assoc.dul.socket.socket.getpeername()[0])  # type: ignore[union-attr]
+        addresses = peer_addresses(peer.host, connected, self.timeouts.connect)
+        if not addresses:  # the host neither is an IP nor resolves: check the AE title only
+            logger.info("C-MOVE senders not checked by address: %s does not resolve", peer.host)
+        return Admission(aets, addresses or None)
 
     def _consume(
         self,
@@ -641,6 +671,7 @@ class DicomOperations:
             elapsed=time.monotonic() - started,
             associations=counters.associations,
             message=describe(counters.status) if counters.status is not None else "",
+            refused=list(tally.refused) if tally else [],
         )
 
 
