@@ -28,4 +28,5 @@ class StrictModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise InvalidInputError(validation_message(exc)) from exc
+            # from None: pydantic's own message repeats the input value (patient data)
+            raise InvalidInputError(validation_message(exc)) from None
