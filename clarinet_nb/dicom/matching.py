@@ -371,11 +371,9 @@ def check_matching(keyword: str, text: str) -> str:
     if _CONTROL.search(text):
         raise _fail(keyword, "control characters (NUL, TAB, CR, LF, ESC, DEL...) are not "
                     "allowed in a matching value")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _encodable(text):
         raise _fail(keyword, "the value has characters that cannot be encoded in UTF-8 "
-                    "(a lone surrogate?)") from None
+                    "(a lone surrogate?)")
     if "\\" in text and vr not in LIST_VRS:
         raise _fail(keyword, f"backslash is not allowed: the standard allows no list matching "
                     f"on {vr} keys; to query several values pass a frame, one row per value")
@@ -385,6 +383,16 @@ def check_matching(keyword: str, text: str) -> str:
             raise _blank_error(keyword)
         _check_one(keyword, vr, item)
     return text
+
+
+def _encodable(text: str) -> bool:
+    """UTF-8 can encode it (no lone surrogates); checked without raising, so that no
+    exception carrying the value is chained to ours."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_one(keyword: str, vr: str, text: str) -> None:

@@ -60,9 +60,7 @@ class DateRange(StrictModel):
         if self.start is None and self.end is None:
             raise InvalidInputError("a date range needs at least one end")
         if self.start is not None and self.end is not None and self.start > self.end:
-            raise InvalidInputError(
-                f"impossible date range: start {self.start} is after end {self.end}"
-            )
+            raise InvalidInputError("impossible date range: start is after end")
         return self
 
     def to_dicom(self) -> str:
