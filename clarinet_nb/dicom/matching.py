@@ -28,7 +28,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.valuerep import format_number_as_ds
 
-from clarinet_nb.dicom.values import check_uid
+from clarinet_nb.dicom.values import check_uid, format_da
 from clarinet_nb.errors import InvalidInputError
 
 __all__ = [
@@ -279,7 +279,7 @@ def _plain_datetime(value: Any) -> Any:
 def _one_date(keyword: str, value: Any) -> str:
     value = _plain_datetime(value)
     if isinstance(value, dt.date):  # datetime included
-        return value.strftime("%Y%m%d")
+        return format_da(value)
     if isinstance(value, str):
         text = value.strip(" ")
         match = _ISO_DATE.match(text)
@@ -310,7 +310,7 @@ def _one_time(keyword: str, value: Any) -> str:
 def _one_datetime(keyword: str, value: Any) -> str:
     value = _plain_datetime(value)
     if isinstance(value, dt.datetime):
-        text = value.strftime("%Y%m%d%H%M%S")
+        text = format_da(value) + value.strftime("%H%M%S")
         if value.microsecond:
             text += f".{value.microsecond:06d}"
         offset = value.utcoffset()
@@ -320,7 +320,7 @@ def _one_datetime(keyword: str, value: Any) -> str:
             text += f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
         return text
     if isinstance(value, dt.date):
-        return value.strftime("%Y%m%d")
+        return format_da(value)
     if isinstance(value, str):
         return value.strip(" ")
     raise _fail(keyword, f"expected a datetime or 'YYYYMMDDHHMMSS', not {type(value).__name__}")

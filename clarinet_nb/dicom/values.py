@@ -92,8 +92,8 @@ def _valid_date(year: int, month: int, day: int) -> bool:
 
 
 def format_da(value: dt.date) -> str:
-    """Format a date as DICOM DA (``YYYYMMDD``)."""
-    return value.strftime("%Y%m%d")
+    """Format a date as DICOM DA (``YYYYMMDD``; years before 1000 zero-padded)."""
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}"
 
 
 def parse_da(value: Any) -> dt.date | None:
