@@ -75,6 +75,7 @@ ages = st.builds(lambda n, u: f"{n:03d}{u}", st.integers(0, 999), st.sampled_fro
 codes = st.text(alphabet="ABCTMRXYZ019 _*?-a", min_size=1, max_size=18)
 date_texts = st.dates().map(lambda d: f"{d.year:04d}{d.month:02d}{d.day:02d}")
 structured = st.one_of(times, uids, ages, codes, date_texts)
+range_end = st.one_of(st.none(), st.dates(), times, date_texts)
 scalar = st.one_of(
     structured,
     odd_text,
@@ -95,7 +96,7 @@ value = st.one_of(
     st.lists(st.one_of(scalar, st.none()), max_size=4),
     st.lists(st.one_of(uids, codes), min_size=1, max_size=4),
     st.tuples(scalar, scalar),
-    st.tuples(st.one_of(st.none(), st.dates(), times, date_texts), st.one_of(st.none(), st.dates(), times, date_texts)),
+    st.tuples(range_end, range_end),
 )
 
 
