@@ -62,6 +62,7 @@ MAX_LENGTH: dict[str, int] = {
     "UR": 2**32 - 2,
 }
 RANGE_LENGTH = {"DA": 18, "TM": 28, "DT": 54}
+_NOUN = {"DA": "date", "TM": "time", "DT": "datetime"}
 
 #: VRs whose values may carry the wildcards ``*`` and ``?`` (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
@@ -462,7 +463,8 @@ def _check_range(
         lo_key = key(keyword, lo) if lo else None
         hi_key = key(keyword, hi) if hi else None
         if lo_key is not None and hi_key is not None and lo_key > hi_key:
-            raise _fail(keyword, f"impossible range{_shown(keyword, text)}: start is after end")
+            shown = _shown(keyword, text)
+            raise _fail(keyword, f"impossible {_NOUN[vr]} range{shown}: start is after end")
         return
     key(keyword, text)
 
@@ -533,7 +535,9 @@ def _check_dt_range(keyword: str, text: str) -> None:
                 single_error = single_error or exc
                 continue
             if lo_key is not None and hi_key is not None and lo_key > hi_key:
-                raise _fail(keyword, f"impossible range{_shown(keyword, text)}: start is after end")
+                raise _fail(
+                    keyword, f"impossible datetime range{_shown(keyword, text)}: start is after end"
+                )
             if len(text) > RANGE_LENGTH["DT"]:
                 raise _fail(keyword, "a DT range is at most 54 characters")
             return
