@@ -282,6 +282,8 @@ class Pacs:
 
         ``find_studies(PatientID="12345", StudyDate=("2020-01-01", "2020-12-31"),
         ModalitiesInStudy="CT")``; ``return_keys=``, ``split="auto"``, ``refresh=True``.
+        A blank value or no criteria at all raises InvalidInputError;
+        ``find_studies(PatientID="*")`` asks for every study.
         """
         return run_sync(self.afind(QueryLevel.STUDY, frame, **kw))
 

@@ -168,8 +168,13 @@ def drop_duplicate_rows(found: pd.DataFrame) -> pd.DataFrame:
     under two patients answers a series query twice, identically)."""
     if len(found) < 2:
         return found
-    keys = [tuple(_hashable(v) for v in row) for row in found.itertuples(index=False)]
-    keep = ~pd.Series(keys, dtype=object).duplicated().to_numpy()
+    comparable = found
+    lists = [c for c in found.columns if found[c].dtype == object]
+    if lists:
+        comparable = found.copy(deep=False)
+        for column in lists:
+            comparable[column] = found[column].map(_hashable)
+    keep = ~comparable.duplicated().to_numpy()
     if keep.all():
         return found
     out = found[keep]
@@ -182,8 +187,6 @@ def _hashable(value: Any) -> Any:
         return tuple(_hashable(v) for v in value)
     if hasattr(value, "tolist") and getattr(value, "ndim", None):
         return tuple(_hashable(v) for v in value.tolist())
-    if is_missing(value):
-        return None
     try:
         hash(value)
     except TypeError:
