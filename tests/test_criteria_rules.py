@@ -20,7 +20,7 @@ from pydicom.filewriter import write_dataset
 from clarinet_nb import InvalidInputError, PatientQuery, SeriesQuery, StudyQuery
 from clarinet_nb.dicom.matching import check_matching, encode_matching
 from clarinet_nb.dicom.queries import QueryLevel
-from clarinet_nb.notebook.criteria import build_query
+from clarinet_nb.notebook.criteria import KeywordQuery, build_query
 from clarinet_nb.notebook.rows import drop_duplicate_rows, plan_queries, query_rows
 
 BLANKS: list[Any] = [
@@ -330,3 +330,13 @@ def _filebase(buffer: io.BytesIO) -> Any:
     fp.is_little_endian = True
     fp.is_implicit_VR = True
     return fp
+
+
+def test_a_keyword_query_built_by_hand_is_checked_too() -> None:
+    with pytest.raises(InvalidInputError, match=r"^PatientID: .*blank"):
+        KeywordQuery(QueryLevel.STUDY, {"PatientID": " "})
+    with pytest.raises(InvalidInputError, match=r"^StudyTime: "):
+        KeywordQuery(QueryLevel.STUDY, {"StudyTime": "999999"})
+    q = build_query("STUDY", {"PatientID": "P1", "StudyDate": ("2020-01-01", "2020-12-31")})
+    with pytest.raises(InvalidInputError, match=r"^StudyDate: "):
+        q.with_criteria(StudyDate="")

@@ -76,7 +76,7 @@ def _coerce_date(value: Any) -> Any:
         return value
     if isinstance(value, tuple | list):
         if len(value) != 2:
-            raise InvalidInputError(f"a date range is a (start, end) pair, got {value!r}")
+            raise InvalidInputError(f"a date range is a (start, end) pair, not {len(value)} values")
         start, end = (None if is_blank(v) else parse_dicom_date(v) for v in value)
         return DateRange(start=start, end=end)
     if isinstance(value, str) and "-" in value.strip() and not _looks_iso(value.strip()):

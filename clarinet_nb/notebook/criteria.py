@@ -20,7 +20,13 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 
-from clarinet_nb.dicom.matching import element_value, encode_matching, is_blank, needs_utf8
+from clarinet_nb.dicom.matching import (
+    check_matching,
+    element_value,
+    encode_matching,
+    is_blank,
+    needs_utf8,
+)
 from clarinet_nb.dicom.queries import (
     ImageQuery,
     PatientQuery,
@@ -71,6 +77,10 @@ class KeywordQuery:
     level: QueryLevel
     criteria: Mapping[str, str] = field(default_factory=dict)
     return_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for keyword, value in self.criteria.items():
+            check_matching(keyword, value)  # however it was built, nothing blank or invalid
 
     @property
     def keys(self) -> tuple[str, ...]:
