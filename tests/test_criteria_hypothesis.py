@@ -251,7 +251,8 @@ cell = st.one_of(blank, st.sampled_from(["P1", "P2", "A*", "2020-01-01", "x" * 7
 def test_a_frame_batch_never_loses_a_constraint(
     cells: list[tuple[Any, Any, Any]], extra: dict[str, Any]
 ) -> None:
-    frame = pd.DataFrame(cells, columns=["PatientID", "StudyDate", "AccessionNumber"])
+    # object columns: pandas 3's default string columns cannot hold a lone surrogate
+    frame = pd.DataFrame(cells, columns=["PatientID", "StudyDate", "AccessionNumber"], dtype=object)
     plan = plan_queries(frame, QueryLevel.STUDY, extra)
     assert len(plan.rows) == len(frame) == len(plan.slots)
     for row, slot in zip(plan.rows, plan.slots, strict=True):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
@@ -310,6 +311,9 @@ def test_an_answer_loses_only_rows_identical_in_every_column() -> None:
     kept = drop_duplicate_rows(found)
     assert list(kept.index) == [0, 2, 3]
     assert kept.attrs["level"] == "SERIES"
+    # as our frames hold list columns: pyarrow lists
+    found["Types"] = pd.array(list(found["Types"]), dtype=pd.ArrowDtype(pa.list_(pa.string())))
+    assert list(drop_duplicate_rows(found).index) == [0, 2, 3]
 
 
 def test_identifiers_round_trip_through_pydicom() -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydicom.datadict import keyword_dict
 
@@ -163,17 +164,22 @@ def plan_queries(
     return QueryPlan(rows, queries, slots)
 
 
+_UNHASHABLE = (pd.ArrowDtype, np.dtypes.ObjectDType)
+
+
 def drop_duplicate_rows(found: pd.DataFrame) -> pd.DataFrame:
     """An answer without rows identical in every column (a PACS that holds one study
     under two patients answers a series query twice, identically)."""
     if len(found) < 2:
         return found
     comparable = found
-    lists = [c for c in found.columns if found[c].dtype == object]
-    if lists:
+    # list columns (ArrowDtype list<...>) and object columns cannot be hashed as they are
+    odd = [c for c in found.columns if isinstance(found[c].dtype, _UNHASHABLE)]
+    if odd:
         comparable = found.copy(deep=False)
-        for column in lists:
-            comparable[column] = found[column].map(_hashable)
+        for column in odd:
+            values = [_hashable(v) for v in found[column].tolist()]
+            comparable[column] = pd.Series(values, index=found.index, dtype=object)
     keep = ~comparable.duplicated().to_numpy()
     if keep.all():
         return found
