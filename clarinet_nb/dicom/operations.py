@@ -711,6 +711,8 @@ class DicomOperations:
             if uids and all(uid in handler.tally.arrived for uid in uids):
                 continue
             refused = _send_refused(send, part, handler, counters)
+            if refused and counters.status == MOVE_DESTINATION_UNKNOWN:
+                return  # a destination problem, the same for every UID
             if probing:
                 if refused:
                     return  # one UID alone is refused too: not a matter of lists
