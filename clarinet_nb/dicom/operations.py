@@ -481,11 +481,13 @@ class DicomOperations:
         """C-GET over as many associations as the SOP classes need.
 
         First pass: when the pre-query named every SOP class, each association
-        negotiates exactly those classes in every transfer syntax; otherwise
-        (dcmqrscp returns no SOPClassUID) the most common storage classes.  Then
-        repair passes re-request only what is still missing, offering one
-        transfer syntax at a time, for peers that send on the first context of a
-        class and cannot convert, or hold classes the first pass did not offer.
+        negotiates exactly those classes in every transfer syntax, each syntax in
+        a context of its own (so the peer sends as stored); otherwise (dcmqrscp
+        and qrscp return no SOPClassUID) the most common storage classes.  Then
+        repair passes re-request only what is still missing (every uncompressed
+        syntax, then one compressed syntax per pass), for peers that send on the
+        first context of a class and cannot convert, or hold classes the first
+        pass did not offer.
         """
         known = plan is not None and plan.classes_known
         ae = make_ae(self.calling_aet, self.timeouts)
@@ -663,19 +665,29 @@ class DicomOperations:
             counters.associations += 1
             try:
                 _require_context(assoc, model, peer, "C-MOVE")
-
-
-                def send(identifier: Dataset) -> None:
-                    counters.msg_id = counters.msg_id % 65535 + 1
-                    msg_id = counters.msg_id
-                    responses = assoc.send_c_move(identifier, self.calling_aet, model, msg_id)
-                    self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-MOVE", model)
-
-                self._send_listed(
-                    request.identifier(), send, peer, handler, counters, cancel, "C-MOVE"
-                )
+                self._move_on(assoc, request.identifier(), peer, handler, counters, cancel)
             finally:
                 release(assoc)
+
+    def _move_on(
+        self,
+        assoc: Association,
+        identifier: Dataset,
+        peer: DicomNode,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+    ) -> None:
+        """C-MOVE ``identifier`` on ``assoc`` (one UID at a time if the peer refuses lists)."""
+        model = str(StudyRootQueryRetrieveInformationModelMove)
+
+        def send(part: Dataset) -> None:
+            counters.msg_id = counters.msg_id % 65535 + 1
+            msg_id = counters.msg_id
+            responses = assoc.send_c_move(part, self.calling_aet, model, msg_id)
+            self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-MOVE", model)
+
+        self._send_listed(identifier, send, peer, handler, counters, cancel, "C-MOVE")
 
     def _send_listed(
         self,
