@@ -29,7 +29,7 @@ from clarinet_nb.dicom.queries import ImageQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.testing import Cohort, CohortInstance, free_port
 from clarinet_nb.testing.qrscp import QrscpServer
-from clarinet_nb.testing.syntaxes import generate_syntax_cohort
+from clarinet_nb.testing.syntaxes import SEG_SYNTAXES, generate_syntax_cohort
 from tests.notebook_support import pacs_for
 from tests.support import TEST_TIMEOUTS, client, node
 
@@ -83,10 +83,11 @@ def test_qrscp_checks_the_called_ae_title(qrscp: QrscpServer) -> None:
 async def test_every_syntax_arrives_as_stored(
     client: DicomClient, qrscp: QrscpServer, qrscp_cohort: Cohort, tmp_path: Path, method: str
 ) -> None:
-    """The Segmentation stored as Explicit VR arrives as Explicit VR (and the Implicit
-    one as Implicit), though qrscp never says which classes a study holds."""
+    """The Segmentation stored as Explicit VR arrives as Explicit VR (the Implicit one
+    as Implicit, the RLE one as RLE), though qrscp never says which classes it holds."""
     segs = _segs(qrscp_cohort)
-    assert [s.transfer_syntax_uid for s in segs] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    assert [s.transfer_syntax_uid for s in segs] == list(SEG_SYNTAXES)
+    assert SEG_SYNTAXES[:2] == (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
     study = qrscp_cohort.instances[0].study_uid
     retrieve = client.get_study if method == "get" else client.move_study
     result = await retrieve(study, peer=node(qrscp), storage=MEMORY)

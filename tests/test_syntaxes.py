@@ -22,6 +22,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    RLELossless,
 )
 
 from clarinet_nb import DicomClient, RetrieveStatus, StorageConfig, StorageMode
@@ -82,15 +83,20 @@ def test_cohort_holds_every_odd_syntax(syntax_cohort: Cohort) -> None:
 
 
 def test_every_syntax_has_a_context_of_its_own() -> None:
-    ct, seg = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.66.4"
-    for uid in (ct, seg):
+    ct, seg, sr = (
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.840.10008.5.1.4.1.1.66.4",
+        "1.2.840.10008.5.1.4.1.1.88.11",
+    )
+    for uid in (ct, seg, sr):
         contexts = contexts_for_class(uid)
         assert all(len(cx.transfer_syntax) == 1 for cx in contexts)
         offered = [cx.transfer_syntax[0] for cx in contexts]
         assert offered[0] == ExplicitVRLittleEndian  # dcmqrscp sends on the first one
         assert set(UNCOMPRESSED_SYNTAXES) <= set(offered)
     assert JPEGBaseline8Bit in [cx.transfer_syntax[0] for cx in contexts_for_class(ct)]
-    assert JPEGBaseline8Bit not in [cx.transfer_syntax[0] for cx in contexts_for_class(seg)]
+    assert RLELossless in [cx.transfer_syntax[0] for cx in contexts_for_class(seg)]
+    assert [cx.transfer_syntax[0] for cx in contexts_for_class(sr)] == list(UNCOMPRESSED_SYNTAXES)
     # the first repair pass offers every uncompressed syntax, each in its own context
     assert REPAIR_PASSES[0] == UNCOMPRESSED_SYNTAXES
     many = [f"1.2.826.0.1.3680043.9.{n}" for n in range(100)]
@@ -163,22 +169,23 @@ async def test_one_instance_at_a_time_keeps_its_syntax(
         _check_as_stored(result.datasets[0], inst)
 
 
+def _dcmqrscp_holds(cohort: Cohort) -> list[CohortInstance]:
+    refused = (DeflatedExplicitVRLittleEndian, RLELossless)
+    return [i for i in cohort.instances if i.transfer_syntax_uid not in refused]
+
+
 @pytest.fixture(scope="session")
 def dcmqrscp_syntaxes(
     tmp_path_factory: pytest.TempPathFactory,
     syntax_cohort: Cohort,
     move_destinations: dict[str, tuple[str, str, int]],
 ) -> Iterator[DcmqrscpServer]:
-    """dcmqrscp with the cohort minus Deflated (dcmqrscp does not accept it on C-STORE)."""
+    """dcmqrscp with the cohort minus Deflated and RLE (dcmqrscp does not accept them)."""
     server = DcmqrscpServer(
         tmp_path_factory.mktemp("dcmqrscp-syntaxes"), move_destinations=move_destinations
     )
     with server:
-        loadable = [
-            i.path
-            for i in syntax_cohort.instances
-            if i.transfer_syntax_uid != DeflatedExplicitVRLittleEndian
-        ]
+        loadable = [i.path for i in _dcmqrscp_holds(syntax_cohort)]
         assert server.load(loadable) == len(loadable)
         yield server
 
@@ -196,11 +203,7 @@ async def test_dcmqrscp_converts_uncompressed_to_explicit_vr(
     )
     assert result.status is RetrieveStatus.SUCCESS, result.summary()
     by_uid = {ds.SOPInstanceUID: ds for ds in result.datasets}
-    held = [
-        i
-        for i in syntax_cohort.instances
-        if i.transfer_syntax_uid != DeflatedExplicitVRLittleEndian
-    ]
+    held = _dcmqrscp_holds(syntax_cohort)
     assert sorted(by_uid) == sorted(i.sop_uid for i in held)
     for inst in held:
         ds = by_uid[inst.sop_uid]

@@ -92,7 +92,6 @@ _NON_IMAGE_WORDS = (
     "RT Beams",
     "Spectroscopy",
     "Registration",
-    "Segmentation Storage",
     "Surface",
     "Measurements",
 )
@@ -102,6 +101,7 @@ def is_image_class(sop_class_uid: str) -> bool:
     """True when instances of this SOP class may carry compressed pixel data.
 
     Unknown (private) classes count as images, so we propose more, not less.
+    Segmentations carry pixel data and are often stored RLE Lossless: images.
     """
     name = UID(sop_class_uid).name
     if name == sop_class_uid:  # not in pydicom's dictionary

@@ -7,8 +7,9 @@ that cohort's instances).  One patient, one study:
   Explicit VR Little Endian, Deflated Explicit VR Little Endian and Explicit VR
   Big Endian (pixel bytes big endian there);
 - series 2, Secondary Capture: one JPEG Baseline image (Pillow);
-- series 3, Segmentation (a non-image class): one in Explicit VR Little Endian
-  and one in Implicit VR Little Endian.
+- series 3, Segmentation: a binary one in Explicit VR Little Endian, one in
+  Implicit VR Little Endian, and a fractional (8-bit) one in RLE Lossless
+  (segmentations are often stored so).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -25,6 +26,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    RLELossless,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
@@ -43,7 +45,7 @@ CT_SYNTAXES: tuple[str, ...] = (
     ExplicitVRBigEndian,
 )
 #: Transfer syntaxes of the Segmentation series, in instance number order.
-SEG_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+SEG_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless)
 
 _SEED = "syntaxes"
 PATIENT = PatientSpec("SYN-0001", "Syntax^Test", dt.date(1970, 1, 1), "O", "ISO_IR 100")
@@ -66,20 +68,21 @@ def _header(number: int, desc: str, modality: str, sop_class: str, n: int) -> He
     )
 
 
-def _segmentation(h: Header, ref: Header) -> Dataset:
-    """A one-frame binary Segmentation of ``ref`` (a disc), minimal but well formed."""
+def _segmentation(h: Header, ref: Header, fractional: bool = False) -> Dataset:
+    """A one-frame Segmentation of ``ref`` (a disc), minimal but well formed: binary
+    (1 bit) or fractional (8 bits, RLE Lossless encoded)."""
     ds = b.base_dataset(h)
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.ContentLabel = "DISC"
     ds.ContentDescription = "Synthetic disc"
     ds.ContentCreatorName = "Test^Reader"
-    ds.SegmentationType = "BINARY"
+    ds.SegmentationType = "FRACTIONAL" if fractional else "BINARY"
     ds.FrameOfReferenceUID = make_uid(_SEED, "for", STUDY.key)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = ds.Columns = 64
-    ds.BitsAllocated = ds.BitsStored = 1
-    ds.HighBit = 0
+    ds.BitsAllocated = ds.BitsStored = 8 if fractional else 1
+    ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 0
     ds.NumberOfFrames = 1
     ds.LossyImageCompression = "00"
@@ -103,12 +106,20 @@ def _segmentation(h: Header, ref: Header) -> Dataset:
     ds.ReferencedSeriesSequence = [series]
     yy, xx = np.mgrid[0:64, 0:64]
     mask = np.hypot(yy - 32, xx - 32) < 20
-    ds.PixelData = np.packbits(mask.ravel(), bitorder="little").tobytes()
+    if not fractional:
+        ds.PixelData = np.packbits(mask.ravel(), bitorder="little").tobytes()
+        return ds
+    ds.SegmentationFractionalType = "PROBABILITY"
+    ds.MaximumFractionalValue = 255
+    ds.PixelData = (mask * 255).astype(np.uint8).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what compress() starts from
+    ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
     return ds
 
 
 def generate_syntax_cohort(root: Path) -> Cohort:
-    """Write the transfer syntax cohort (4 CT + 1 JPEG + 2 SEG = 7 instances) under ``root``."""
+    """Write the transfer syntax cohort (4 CT + 1 JPEG + 3 SEG = 8 instances) under ``root``."""
     w = _Writer(root)
     frame_of_reference = make_uid(_SEED, "for", STUDY.key)
     cts: list[Header] = []
@@ -123,5 +134,5 @@ def generate_syntax_cohort(root: Path) -> Cohort:
     w.write(b.make_jpeg_sc(h, rng_for(_SEED, "pixels", h.sop_uid)), h, JPEGBaseline8Bit)
     for n, ts in enumerate(SEG_SYNTAXES, start=1):
         h = _header(3, "Segmentation", "SEG", SegmentationStorage, n)
-        w.write(_segmentation(h, cts[0]), h, ts)
+        w.write(_segmentation(h, cts[0], fractional=ts == RLELossless), h, ts)
     return w.cohort()
