@@ -204,3 +204,34 @@ def test_notebook_gets_several_instances_of_one_series(
         assert len(_list_warnings(caplog)) == 1  # said once for this peer
     finally:
         pacs.close()
+
+
+def test_split_uid_lists_asks_each_uid_once() -> None:
+    """Pure logic: one identifier per combination of distinct UIDs, the rest untouched."""
+    from pydicom import Dataset
+
+    from clarinet_nb.dicom.requests import listed_sop_uids, split_uid_lists, uid_list_keywords
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.StudyInstanceUID = ["1.2.1", "1.2.2"]
+    ds.SeriesInstanceUID = "1.2.3"
+    ds.SOPInstanceUID = ["1.2.4", "1.2.5", "1.2.4"]
+    ds.ModalitiesInStudy = ["CT", "MR"]  # not a UID: never split
+    assert sorted(uid_list_keywords(ds)) == ["SOPInstanceUID", "StudyInstanceUID"]
+    parts = split_uid_lists(ds)
+    pairs = [(str(p.StudyInstanceUID), str(p.SOPInstanceUID)) for p in parts]
+    assert sorted(pairs) == [
+        ("1.2.1", "1.2.4"),
+        ("1.2.1", "1.2.5"),
+        ("1.2.2", "1.2.4"),
+        ("1.2.2", "1.2.5"),
+    ]
+    assert all(uid_list_keywords(p) == [] for p in parts)
+    assert all(list(p.ModalitiesInStudy) == ["CT", "MR"] for p in parts)
+    assert all(p.SeriesInstanceUID == "1.2.3" for p in parts)
+    assert list(ds.SOPInstanceUID) == ["1.2.4", "1.2.5", "1.2.4"]  # the original is kept
+    assert listed_sop_uids(parts[0]) == [str(parts[0].SOPInstanceUID)]
+    single = Dataset()
+    single.SOPInstanceUID = "1.2.9"
+    assert split_uid_lists(single) == [single]
