@@ -107,6 +107,10 @@ def test_every_syntax_has_a_context_of_its_own() -> None:
         assert all(len(cx.transfer_syntax) == 1 for cx in chunk.contexts[1:])  # [0]: Q/R GET
         assert len(chunk.contexts) == 1 + len(chunk.sop_classes) * len(UNCOMPRESSED_SYNTAXES)
     assert all(len(c.contexts) <= MAX_CONTEXTS for c in plan_get_chunks(many))
+    # a compressed pass skips classes that never carry compressed pixel data
+    assert plan_syntax_chunks([sr], (RLELossless,)) == []
+    assert [c.sop_classes for c in plan_syntax_chunks([sr, seg, ct], (RLELossless,))] == [(seg, ct)]
+    assert [c.sop_classes for c in plan_syntax_chunks([sr], UNCOMPRESSED_SYNTAXES)] == [(sr,)]
 
 
 def _check_as_stored(ds: Dataset, inst: CohortInstance) -> None:

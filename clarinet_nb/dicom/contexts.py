@@ -172,10 +172,13 @@ REPAIR_PASSES: tuple[tuple[str, ...], ...] = (
 
 def plan_syntax_chunks(sop_classes: Iterable[str], syntaxes: Sequence[str]) -> list[GetChunk]:
     """One context per SOP class and syntax in ``syntaxes``, chunked per association
-    (a class's contexts stay together)."""
+    (a class's contexts stay together).  Compressed syntaxes only for image classes:
+    a pass of compressed syntaxes skips the others (none when no class is left)."""
     budget = MAX_CONTEXTS - 1
     per_class = max(1, min(len(syntaxes), budget))
     classes = list(dict.fromkeys(sop_classes))
+    if all(UID(ts).is_compressed for ts in syntaxes):
+        classes = [uid for uid in classes if is_image_class(uid)]
     step = max(1, budget // per_class)
     return [
         _chunk(part, [build_context(uid, [ts]) for uid in part for ts in syntaxes[:per_class]])

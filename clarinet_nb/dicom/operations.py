@@ -531,13 +531,16 @@ class DicomOperations:
             if not missing or _cancelled(cancel):
                 return
             classes = plan.classes_of(missing) if known else default_storage_classes()
+            chunks = plan_syntax_chunks(classes, syntaxes)
+            if not chunks:
+                continue  # compressed syntaxes, and no image class is missing
             logger.info(
                 "C-GET repair pass for %d missing instance(s), offering %s",
                 len(missing),
                 ", ".join(UID(ts).name for ts in syntaxes),
             )
             counters.retry()
-            for chunk in plan_syntax_chunks(classes, syntaxes):
+            for chunk in chunks:
                 wanted = [
                     i
                     for i in missing
