@@ -15,7 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SegmentationStorage
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from clarinet_nb import (
     DicomClient,
@@ -24,6 +29,7 @@ from clarinet_nb import (
     StorageConfig,
     StorageMode,
 )
+from clarinet_nb.dicom.contexts import default_storage_classes, first_get_chunk
 from clarinet_nb.dicom.operations import DicomOperations
 from clarinet_nb.dicom.queries import ImageQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
@@ -88,6 +94,12 @@ async def test_every_syntax_arrives_as_stored(
     segs = _segs(qrscp_cohort)
     assert [s.transfer_syntax_uid for s in segs] == list(SEG_SYNTAXES)
     assert SEG_SYNTAXES[:2] == (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    # the multi-frame class is not offered on the first pass: it comes through repair passes
+    first_pass = first_get_chunk(default_storage_classes()).sop_classes
+    assert MultiFrameGrayscaleByteSecondaryCaptureImageStorage not in first_pass
+    assert {i.sop_class_uid for i in qrscp_cohort.instances} - set(first_pass) == {
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage
+    }
     study = qrscp_cohort.instances[0].study_uid
     retrieve = client.get_study if method == "get" else client.move_study
     result = await retrieve(study, peer=node(qrscp), storage=MEMORY)

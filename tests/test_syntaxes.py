@@ -35,7 +35,12 @@ from clarinet_nb.dicom.contexts import (
     plan_syntax_chunks,
 )
 from clarinet_nb.testing import Cohort, CohortInstance, DcmqrscpServer, OrthancServer
-from clarinet_nb.testing.syntaxes import CT_SYNTAXES, SEG_SYNTAXES, generate_syntax_cohort
+from clarinet_nb.testing.syntaxes import (
+    CT_SYNTAXES,
+    MULTIFRAME_SYNTAXES,
+    SEG_SYNTAXES,
+    generate_syntax_cohort,
+)
 from tests.support import client, node
 
 __all__ = ["client"]
@@ -78,7 +83,7 @@ def _study(cohort: Cohort) -> str:
 
 def test_cohort_holds_every_odd_syntax(syntax_cohort: Cohort) -> None:
     stored = [dcmread(i.path).file_meta.TransferSyntaxUID for i in syntax_cohort.instances]
-    assert stored == [*CT_SYNTAXES, JPEGBaseline8Bit, *SEG_SYNTAXES]
+    assert stored == [*CT_SYNTAXES, JPEGBaseline8Bit, *SEG_SYNTAXES, *MULTIFRAME_SYNTAXES]
     assert [i.transfer_syntax_uid for i in syntax_cohort.instances] == stored
 
 

@@ -153,7 +153,7 @@ def plan_get_chunks(sop_classes: Iterable[str]) -> list[GetChunk]:
 
 def first_get_chunk(sop_classes: Iterable[str]) -> GetChunk:
     """The first chunk :func:`plan_get_chunks` would make, without building the others."""
-    most = (MAX_CONTEXTS - 1) // len(UNCOMPRESSED_SYNTAXES) + 1  # more than one chunk holds
+    most = (MAX_CONTEXTS - 1) // len(UNCOMPRESSED_SYNTAXES) + 1  # more than a chunk can hold
     return plan_get_chunks(list(dict.fromkeys(sop_classes))[:most])[0]
 
 
@@ -192,7 +192,8 @@ def _chunk(classes: Sequence[str], contexts: Sequence[PresentationContext]) -> G
 
 
 #: Classes tried first when a peer does not say which SOP classes it holds:
-#: documents and presentation states (one context each), then common images.
+#: documents and presentation states (four contexts each), then common images
+#: (thirteen each) and segmentations, which AI work brings in.
 _PRIORITY: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
@@ -206,6 +207,7 @@ _PRIORITY: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.1",  # CR
     "1.2.840.10008.5.1.4.1.1.1.1",  # DX for presentation
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
     "1.2.840.10008.5.1.4.1.1.1.2",  # MG for presentation
     "1.2.840.10008.5.1.4.1.1.6.1",  # US
     "1.2.840.10008.5.1.4.1.1.3.1",  # US multi-frame

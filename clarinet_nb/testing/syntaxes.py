@@ -9,7 +9,10 @@ that cohort's instances).  One patient, one study:
 - series 2, Secondary Capture: one JPEG Baseline image (Pillow);
 - series 3, Segmentation: a binary one in Explicit VR Little Endian, one in
   Implicit VR Little Endian, and a fractional (8-bit) one in RLE Lossless
-  (segmentations are often stored so).
+  (segmentations are often stored so);
+- series 4, Multi-frame Grayscale Byte Secondary Capture (a class that a C-GET
+  not told the SOP classes does not offer on its first pass): one in Explicit VR
+  Little Endian and one in Deflated Explicit VR Little Endian.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
@@ -35,7 +39,7 @@ from clarinet_nb.testing import _datasets as b
 from clarinet_nb.testing._datasets import Header, PatientSpec, StudySpec, make_uid, rng_for
 from clarinet_nb.testing.cohort import Cohort, _Writer
 
-__all__ = ["CT_SYNTAXES", "SEG_SYNTAXES", "generate_syntax_cohort"]
+__all__ = ["CT_SYNTAXES", "MULTIFRAME_SYNTAXES", "SEG_SYNTAXES", "generate_syntax_cohort"]
 
 #: Transfer syntaxes of the CT series, in instance number order.
 CT_SYNTAXES: tuple[str, ...] = (
@@ -46,6 +50,8 @@ CT_SYNTAXES: tuple[str, ...] = (
 )
 #: Transfer syntaxes of the Segmentation series, in instance number order.
 SEG_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless)
+#: Transfer syntaxes of the multi-frame series, in instance number order.
+MULTIFRAME_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 
 _SEED = "syntaxes"
 PATIENT = PatientSpec("SYN-0001", "Syntax^Test", dt.date(1970, 1, 1), "O", "ISO_IR 100")
@@ -119,7 +125,7 @@ def _segmentation(h: Header, ref: Header, fractional: bool = False) -> Dataset:
 
 
 def generate_syntax_cohort(root: Path) -> Cohort:
-    """Write the transfer syntax cohort (4 CT + 1 JPEG + 3 SEG = 8 instances) under ``root``."""
+    """Write the transfer syntax cohort (4 CT, 1 JPEG, 3 SEG, 2 multi-frame) under ``root``."""
     w = _Writer(root)
     frame_of_reference = make_uid(_SEED, "for", STUDY.key)
     cts: list[Header] = []
@@ -135,4 +141,8 @@ def generate_syntax_cohort(root: Path) -> Cohort:
     for n, ts in enumerate(SEG_SYNTAXES, start=1):
         h = _header(3, "Segmentation", "SEG", SegmentationStorage, n)
         w.write(_segmentation(h, cts[0], fractional=ts == RLELossless), h, ts)
+    for n, ts in enumerate(MULTIFRAME_SYNTAXES, start=1):
+        sop_class = MultiFrameGrayscaleByteSecondaryCaptureImageStorage
+        h = _header(4, "Cine", "OT", sop_class, n)
+        w.write(b.make_multiframe(h, rng_for(_SEED, "pixels", h.sop_uid), frames=2), h, ts)
     return w.cohort()
