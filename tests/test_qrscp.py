@@ -77,12 +77,18 @@ def _list_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def test_qrscp_checks_the_called_ae_title(qrscp: QrscpServer) -> None:
+def test_qrscp_listens_on_loopback_and_checks_the_called_ae_title(qrscp: QrscpServer) -> None:
     from clarinet_nb.testing import echo
 
     assert echo(qrscp.aet, qrscp.host, qrscp.port)
     assert not echo("SOMEONE", qrscp.host, qrscp.port)
-    assert qrscp.host == "127.0.0.1"
+    # it listens on loopback only (not on every interface)
+    listening = [
+        row.split()[1]
+        for row in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if row.split()[1].endswith(f":{qrscp.port:04X}") and row.split()[3] == "0A"
+    ]
+    assert listening == [f"0100007F:{qrscp.port:04X}"]
 
 
 @pytest.mark.parametrize("method", ["get", "move"])
