@@ -18,6 +18,7 @@ from clarinet_nb.dicom import (
     RetrieveRequest,
     RetrieveResult,
     RetrieveStatus,
+    RetryPolicy,
     SeriesQuery,
     SeriesResult,
     StorageConfig,
@@ -26,6 +27,7 @@ from clarinet_nb.dicom import (
     StudyQuery,
     StudyResult,
     Timeouts,
+    TLSConfig,
 )
 from clarinet_nb.errors import (
     AssociationAbortedError,
@@ -45,6 +47,7 @@ from clarinet_nb.errors import (
     PeerUnreachableError,
     QueryError,
     RetrieveError,
+    TLSError,
 )
 from clarinet_nb.notebook import (
     DatasetList,
@@ -111,6 +114,7 @@ __all__ = [
     "RetrieveRequest",
     "RetrieveResult",
     "RetrieveStatus",
+    "RetryPolicy",
     "SeriesQuery",
     "SeriesResult",
     "Settings",
@@ -119,6 +123,8 @@ __all__ = [
     "StorageMode",
     "StudyQuery",
     "StudyResult",
+    "TLSConfig",
+    "TLSError",
     "Timeouts",
     "__version__",
     "connect",

@@ -266,10 +266,10 @@ def run_quickstart_inline() -> bool:
     try:
         _say(f"pacs = cnb.connect()  ->  {pacs}")
         _say(f"pacs.echo()  ->  {pacs.echo()}")
-        studies = pacs.find_studies()
+        studies = pacs.find_studies(PatientID="*")
         columns = ["PatientID", "PatientName", "StudyDate", "StudyDescription",
                    "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]  # fmt: skip
-        _say(f"\npacs.find_studies(): {len(studies)} studies")
+        _say(f"\npacs.find_studies(PatientID='*'): {len(studies)} studies")
         _say(studies.sort_values(["PatientID", "StudyDate"])[columns].to_string())
         ct = pacs.find_studies(PatientID="CLN-0001", ModalitiesInStudy="CT")
         series = pacs.find_series(ct, progress=False)

@@ -9,7 +9,8 @@ One base class, :class:`DicomError`, and a short tree grouped by cause::
     │   ├── AssociationRejectedError
     │   ├── AssociationAbortedError
     │   ├── DicomTimeoutError
-    │   └── LocalPortError
+    │   ├── LocalPortError
+    │   └── TLSError               the TLS handshake failed (certificate not trusted, ...)
     ├── MemoryLimitError           an in-memory pull would exceed the memory limit
     ├── LocalStorageError          disk full, read-only or no permission; what arrived is kept
     └── OperationError             the peer answered, but not with success
@@ -53,6 +54,7 @@ __all__ = [
     "PeerUnreachableError",
     "QueryError",
     "RetrieveError",
+    "TLSError",
 ]
 
 
@@ -92,6 +94,10 @@ class DicomTimeoutError(NetworkError, TimeoutError):
 
 class LocalPortError(NetworkError):
     """Our own Storage SCP could not listen on its port (in use, no permission)."""
+
+
+class TLSError(NetworkError):
+    """The TLS handshake failed: certificate not trusted, none presented, not TLS on this port."""
 
 
 class MemoryLimitError(DicomError):

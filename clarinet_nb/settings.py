@@ -6,10 +6,11 @@ for example ``CLARINET_PACS_HOST=pacs.example.org`` or ``CLARINET_DIMSE_TIMEOUT=
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clarinet_nb.dicom.params import (
     check_ae_param,
@@ -92,6 +93,55 @@ class Settings(BaseSettings):
     max_associations: int = Field(
         4, ge=1, le=64, description="Concurrent associations one client opens at most."
     )
+    retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a query or retrieve unit after a transient network failure.",
+    )
+
+    # DICOM TLS for the default PACS (see README "DICOM TLS"); unset: plain TCP.
+    tls_ca_file: str | None = Field(
+        None, description="PEM file of the CA(s) that signed the PACS's certificate."
+    )
+    tls_cert_file: str | None = Field(None, description="PEM file of our own certificate.")
+    tls_key_file: str | None = Field(
+        None, description="PEM file of our unencrypted private key (owner-readable only)."
+    )
+    tls_verify_peer: bool = Field(
+        True, description="Verify the peer's certificate against tls_ca_file."
+    )
+    tls_check_hostname: bool = Field(
+        True, description="The PACS certificate must name pacs_host (an IP needs an IP SAN)."
+    )
+
+    # Who may C-STORE to our Storage SCP during a C-MOVE (besides the PACS moved from).
+    move_allowed_aets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Extra calling AE titles admitted during a C-MOVE, for a PACS that "
+        "sends from another AE title (comma-separated or a JSON list).",
+    )
+    move_check_host: bool = Field(
+        True,
+        description="During a C-MOVE admit only senders from the PACS's address(es).",
+    )
+
+    @field_validator("move_allowed_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("move_allowed_aets", mode="after")
+    @classmethod
+    def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from clarinet_nb.dicom.values import check_ae_title
+
+        return tuple(check_ae_title(aet) for aet in value)
 
 
 settings = Settings()

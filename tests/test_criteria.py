@@ -11,7 +11,7 @@ from pydicom import Dataset
 from clarinet_nb import InvalidInputError
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.queries import QueryLevel
-from clarinet_nb.notebook.criteria import build_query
+from clarinet_nb.notebook.criteria import KeywordQuery, build_query
 from clarinet_nb.notebook.rows import key_columns, query_rows, retrieve_targets
 from clarinet_nb.notebook.split import date_window, find_with_split
 
@@ -24,8 +24,6 @@ def test_keyword_criteria_are_encoded_by_vr() -> None:
             "StudyDate": ("2020-01-01", dt.date(2020, 12, 31)),
             "ModalitiesInStudy": ["CT", "MR"],
             "StudyInstanceUID": ["1.2.3", "1.2.4"],
-            "AccessionNumber": None,
-            "PatientName": float("nan"),
         },
         return_keys=["InstitutionName"],
     )
@@ -86,10 +84,11 @@ def test_frames_from_our_finds_drill_down_by_unique_keys() -> None:
 def test_user_frames_use_every_keyword_column() -> None:
     frame = pd.DataFrame({"PatientID": ["1", None], "AccessionNumber": ["A", "B"], "note": [1, 2]})
     rows = query_rows(frame, QueryLevel.STUDY, {})
-    assert [dict(r.criteria) for r in rows] == [
-        {"PatientID": "1", "AccessionNumber": "A"},
-        {"AccessionNumber": "B"},
-    ]
+    assert rows[0].query is not None and rows[0].error is None
+    assert dict(rows[0].query.criteria) == {"PatientID": "1", "AccessionNumber": "A"}
+    # a blank cell never widens the row's query: the row fails instead
+    assert rows[1].query is None and isinstance(rows[1].error, InvalidInputError)
+    assert "PatientID" in str(rows[1].error)
     assert dict(rows[1].context) == {"note": 2}
     with pytest.raises(InvalidInputError):
         query_rows(pd.DataFrame({"note": [1]}), QueryLevel.STUDY, {})
@@ -118,12 +117,12 @@ def test_retrieve_targets_pick_the_finest_level() -> None:
 
 def test_date_windows() -> None:
     today = dt.date(2024, 6, 30)
-    assert date_window(build_query("STUDY", {}), today) == (dt.date(1900, 1, 1), today)
+    assert date_window(KeywordQuery(QueryLevel.STUDY), today) == (dt.date(1900, 1, 1), today)
     q = build_query("STUDY", {"StudyDate": ("2020-01-01", None)})
     assert date_window(q, today) == (dt.date(2020, 1, 1), today)
     day = build_query("STUDY", {"StudyDate": "2020-05-05"})
     assert date_window(day, today) == (dt.date(2020, 5, 5), dt.date(2020, 5, 5))
-    assert date_window(build_query("IMAGE", {}), today) is None
+    assert date_window(KeywordQuery(QueryLevel.IMAGE), today) is None
 
 
 async def test_split_bisects_until_nothing_is_truncated() -> None:

@@ -34,7 +34,7 @@ def test_connect_from_settings(monkeypatch: pytest.MonkeyPatch, orthanc_stock: P
 
 
 def test_find_studies_frame(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     assert sorted(studies["StudyInstanceUID"]) == sorted(cohort.studies())
     assert list(studies.columns[:4]) == [
         "PatientID",
@@ -87,7 +87,7 @@ def test_bad_criteria_never_reach_the_network(pacs: cnb.Pacs) -> None:
 
 
 def test_drill_down(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     series = pacs.find_series(studies)
     assert sorted(series["SeriesInstanceUID"]) == sorted(cohort.series())
     assert "StudyDate" in series.columns and "PatientName" in series.columns  # carried along
@@ -185,14 +185,14 @@ def test_many_queries_with_bounded_concurrency(
 
 def test_sync_api_inside_a_running_loop(pacs: cnb.Pacs, cohort: Cohort) -> None:
     async def cell() -> pd.DataFrame:  # what a notebook cell is: code inside a running loop
-        return pacs.find_studies()
+        return pacs.find_studies(PatientID="*")
 
     frame = asyncio.run(cell())
     assert len(frame) == len(cohort.studies())
 
 
 async def test_async_twins(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    studies = await pacs.afind_studies()
+    studies = await pacs.afind_studies(PatientID="*")
     series = await pacs.afind_series(studies)
     assert len(series) == len(cohort.series())
     assert await pacs.aecho() is True
@@ -205,7 +205,7 @@ nest_asyncio.apply()
 import clarinet_nb as cnb
 pacs = cnb.connect(sys.argv[1])
 async def cell():
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     datasets = pacs.get(pacs.find_series(studies).head(1), progress=False)
     return len(studies), len(datasets)
 print(*asyncio.get_event_loop().run_until_complete(cell()))
@@ -242,17 +242,18 @@ def test_truncation_is_flagged_and_auto_split(
 ) -> None:
     pacs = pacs_for(capped_orthanc, move_scp_port)
     with pytest.warns(cnb.ClarinetWarning, match="cut some answers short"):
-        capped = pacs.find_studies()
+        capped = pacs.find_studies(PatientID="*")
     with pytest.warns(cnb.ClarinetWarning, match="cut some answers short") as warned:
 
         async def cell() -> pd.DataFrame:
-            return await pacs.afind_studies()  # the async face points at the awaiting line
+            # the async face points at the awaiting line
+            return await pacs.afind_studies(PatientID="*")
 
         asyncio.run(cell())
     assert {w.filename for w in warned if w.category is cnb.ClarinetWarning} == {__file__}
     assert capped.attrs["truncated"] is True
     assert len(capped) == 2
-    whole = pacs.find_studies(split="auto")
+    whole = pacs.find_studies(PatientID="*", split="auto")
     assert whole.attrs["truncated"] is False
     assert sorted(whole["StudyInstanceUID"]) == sorted(cohort.studies())
 
@@ -261,7 +262,7 @@ def test_silent_result_caps(orthanc_stock: Peer, move_scp_port: int, cohort: Coh
     """Some PACS stop at a fixed count with Success: result_cap= tells us the count."""
     pacs = pacs_for(orthanc_stock, move_scp_port, result_cap=3)
     with pytest.warns(cnb.ClarinetWarning, match="cut some answers short"):
-        assert pacs.find_studies().attrs["truncated"] is True
+        assert pacs.find_studies(PatientID="*").attrs["truncated"] is True
     whole = pacs.find_studies(split="auto", StudyDate=("2019-01-01", "2023-12-31"))
     assert sorted(whole["StudyInstanceUID"]) == sorted(cohort.studies())
 
@@ -295,7 +296,7 @@ def test_cache_answers_without_network(
 
 
 def test_frames_round_trip_parquet(pacs: cnb.Pacs, tmp_path: Path) -> None:
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     path = tmp_path / "studies.parquet"
     studies.to_parquet(path)
     back = pd.read_parquet(path)
@@ -304,7 +305,7 @@ def test_frames_round_trip_parquet(pacs: cnb.Pacs, tmp_path: Path) -> None:
 
 
 def test_find_patients_and_instances_frames(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    patients = pacs.find_patients()
+    patients = pacs.find_patients(PatientID="*")
     assert sorted(patients["PatientID"]) == sorted(cohort.patients())
     names = {i.patient_id: i.patient_name for i in cohort.instances}
     assert dict(zip(patients["PatientID"], patients["PatientName"], strict=True)) == names

@@ -18,7 +18,7 @@ __all__ = ["pacs"]
 
 @pytest.mark.parametrize("method", ["get", "move"])
 def test_get_series_into_memory(pacs: cnb.Pacs, cohort: Cohort, method: str) -> None:
-    series = pacs.find_series(pacs.find_studies())
+    series = pacs.find_series(pacs.find_studies(PatientID="*"))
     ct = series[series["Modality"] == "CT"].head(1)
     datasets = pacs.get(ct, method=method)
     uid = ct["SeriesInstanceUID"].iloc[0]
@@ -32,7 +32,7 @@ def test_get_series_into_memory(pacs: cnb.Pacs, cohort: Cohort, method: str) -> 
 
 
 def test_get_instances_frame(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    series = pacs.find_series(pacs.find_studies())
+    series = pacs.find_series(pacs.find_studies(PatientID="*"))
     instances = pacs.find_instances(series).head(7)
     datasets = pacs.get(instances)
     assert sorted(ds.SOPInstanceUID for ds in datasets) == sorted(instances["SOPInstanceUID"])
@@ -42,7 +42,7 @@ def test_get_instances_frame(pacs: cnb.Pacs, cohort: Cohort) -> None:
 def test_get_to_disk_writes_manifest_and_resumes(
     pacs: cnb.Pacs, cohort: Cohort, tmp_path: Path, method: str
 ) -> None:
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     out = tmp_path / "data"
     manifest = pacs.get(studies, output_dir=out, method=method, metadata=tmp_path / "meta.parquet")
     assert len(manifest) == len(cohort.instances)
@@ -64,7 +64,7 @@ def test_get_to_disk_writes_manifest_and_resumes(
 
 
 def test_read_headers_same_from_memory_and_disk(pacs: cnb.Pacs, tmp_path: Path) -> None:
-    series = pacs.find_series(pacs.find_studies())
+    series = pacs.find_series(pacs.find_studies(PatientID="*"))
     some = series.head(3)
     in_memory = cnb.read_headers(pacs.get(some))
     pacs.get(some, output_dir=tmp_path)
@@ -78,7 +78,7 @@ def test_read_headers_same_from_memory_and_disk(pacs: cnb.Pacs, tmp_path: Path) 
 
 
 def test_memory_limit_fails_early(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     with pytest.raises(cnb.MemoryLimitError) as caught:
         pacs.get(studies, memory_limit="40KB")
     error = caught.value
@@ -117,7 +117,7 @@ def test_resume_after_the_pacs_died_mid_pull(
 ) -> None:
     server, bulk = killable
     pacs = pacs_for(server, free_port(), max_associations=1)
-    studies = pacs.find_studies()
+    studies = pacs.find_studies(PatientID="*")
     out = tmp_path / "out"
     with pytest.warns(cnb.ClarinetWarning) as warned:
         first = pacs.get(studies, output_dir=out, progress=KillAfter(server, 40))

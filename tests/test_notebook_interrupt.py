@@ -35,7 +35,7 @@ class Announce:
             print("ARRIVING", flush=True)
 
 pacs = cnb.connect(target, scp_port=scp_port)
-studies = pacs.find_studies()
+studies = pacs.find_studies(PatientID="*")
 try:
     if out == "memory":
         pacs.get(studies, method=method, progress=Announce())

@@ -132,7 +132,8 @@ def test_quickstart(tmp_path: Path, env: dict[str, str], cohort: Cohort) -> None
     nb = execute("01_quickstart.ipynb", tmp_path, env)
     assert_ran(nb)
     peer = f"ORTHANC@127.0.0.1:{env['CLARINET_PACS_PORT']}"
-    assert f"{len(cohort.studies())} studies from {peer}" in outputs(cell(nb, "find_studies()"))
+    everything = outputs(cell(nb, 'find_studies(PatientID="*")'))
+    assert f"{len(cohort.studies())} studies from {peer}" in everything
     assert outputs(cell(nb, "pacs.echo()")).strip() == "True"
     ct_study = [i for i in cohort.instances if i.patient_id == "CLN-0001" and i.modality == "CT"]
     assert "CT studies of patient CLN-0001: 1" in outputs(cell(nb, 'PatientID="CLN-0001"'))
@@ -188,7 +189,7 @@ def test_widgets(tmp_path: Path, env: dict[str, str], cohort: Cohort) -> None:
     shown = cell(nb, "cnb.QueryBuilder(pacs)").outputs
     assert any(WIDGET_VIEW in o.get("data", {}) for o in shown)
     text = outputs(cell(nb, "builder.search()"))
-    assert "pacs.find_studies()" in text and f"{len(cohort.studies())} rows" in text
+    assert "pacs.find_studies(PatientID='*')" in text and f"{len(cohort.studies())} rows" in text
     most = max(len(cohort.instances_in(study_uid=s)) for s in cohort.studies())
     assert f"{most} datasets in builder.datasets" in outputs(cell(nb, "builder.retrieve()"))
     preview = cell(nb, "cnb.preview(").outputs

@@ -322,6 +322,21 @@ def test_unreachable_pacs_is_a_plain_message(dead_pacs: cnb.Pacs) -> None:
     assert not by_class(builder, "cnb-retrieve").disabled
 
 
+def test_a_blank_form_asks_for_a_criterion_and_sends_nothing(dead_pacs: cnb.Pacs) -> None:
+    """A blank form would list the whole PACS: it is refused in plain words, no query."""
+    builder = QueryBuilder(dead_pacs)
+    by_class(builder, "cnb-patient-id").value = "   "
+    by_class(builder, "cnb-search").click()
+    assert not builder.busy and builder.result is None  # nothing was started
+    assert status(builder) == (
+        "Fill in at least one field (for example Patient ID), or type * in Patient ID "
+        "to list everything."
+    )
+    assert has_error(builder)
+    by_class(builder, "cnb-patient-id").value = "*"
+    assert builder.code() == "pacs.find_studies(PatientID='*')"
+
+
 def test_invalid_input_never_reaches_the_network(dead_pacs: cnb.Pacs) -> None:
     builder = QueryBuilder(dead_pacs)
     by_class(builder, "cnb-date-from").value = dt.date(2021, 1, 1)
@@ -355,6 +370,7 @@ def test_truncated_answer_is_reported(orthanc_stock: Any, move_scp_port: int) ->
     capped = pacs_for(orthanc_stock, move_scp_port, result_cap=2)
     try:
         builder = QueryBuilder(capped)
+        by_class(builder, "cnb-patient-id").value = "*"
         with pytest.warns(cnb.ClarinetWarning):
             run(builder, "cnb-search")
         assert "The PACS cut the answer short; narrow the query" in status(builder)
@@ -369,6 +385,7 @@ async def test_inside_a_running_loop_the_kernel_is_not_blocked(
 ) -> None:
     builder = QueryBuilder(pacs)
     by_class(builder, "cnb-level").value = "IMAGE"
+    by_class(builder, "cnb-patient-id").value = "*"
     ticks = 0
     stop = asyncio.Event()
 

@@ -23,6 +23,8 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.operations import DicomOperations, FindOutcome
 from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.dicom.retry import RetryPolicy
+from clarinet_nb.dicom.tls import TLSConfig
 
 __all__ = [
     "CancelToken",
@@ -40,6 +42,7 @@ __all__ = [
     "RetrieveRequest",
     "RetrieveResult",
     "RetrieveStatus",
+    "RetryPolicy",
     "SeriesQuery",
     "SeriesResult",
     "StorageConfig",
@@ -47,5 +50,6 @@ __all__ = [
     "StorageMode",
     "StudyQuery",
     "StudyResult",
+    "TLSConfig",
     "Timeouts",
 ]

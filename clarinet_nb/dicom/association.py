@@ -26,11 +26,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.params import check_seconds
+from clarinet_nb.dicom.tls import client_tls, speaks_tls
 from clarinet_nb.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
     DicomTimeoutError,
     PeerUnreachableError,
+    TLSError,
 )
 
 __all__ = [
@@ -188,7 +190,9 @@ def open_association(
     """Associate with ``peer``, or raise the matching NetworkError.
 
     ``carries_instances`` (C-GET, forwarding) makes pynetdicom's reactor poll faster.
+    A node with ``tls`` is reached over DICOM TLS; a failed handshake raises TLSError.
     """
+    tls = client_tls(peer.tls, peer.host) if peer.tls is not None else None
     if contexts is None:
         contexts = [build_context(Verification)]
     address = resolve(peer, ae.connection_timeout or 10.0, purpose)
@@ -208,6 +212,7 @@ def open_association(
         ext_neg=ext_neg,
         evt_handlers=handlers,
         contexts=list(contexts),
+        tls_args=tls.tls_args if tls is not None else None,
     )
     if assoc.is_established:
         logger.debug("associated with %s for %s", peer, purpose)
@@ -230,13 +235,21 @@ def open_association(
             source=source,
             reason=reason,
         )
+    if tls is not None and (failed := tls.failure(where)) is not None:
+        raise failed
     if opened.is_set():
         if elapsed >= (ae.acse_timeout or 0) * 0.95:
             raise DicomTimeoutError(
                 f"{where} did not answer the association request within {ae.acse_timeout or 0:g} s"
             )
+        if tls is None and speaks_tls(address, peer.port, ae.connection_timeout or 10.0):
+            raise TLSError(
+                f"{where} dropped our plain association request: this port speaks DICOM TLS; "
+                "connect with tls=TLSConfig(...) (or the CLARINET_TLS_* settings)"
+            )
         raise AssociationAbortedError(
-            f"{where} aborted the association request (is this a DICOM port?)"
+            f"{where} aborted the association request (is this a DICOM port?"
+            f"{' does it speak DICOM TLS?' if tls else ''})"
         )
     if elapsed >= (ae.connection_timeout or 0) * 0.95:
         raise DicomTimeoutError(
@@ -274,7 +287,9 @@ def resolve(peer: DicomNode, timeout: float, purpose: str = "request") -> str:
                 raise socket.gaierror(socket.EAI_NONAME, "no IPv4 or IPv6 address")
             answer.append(found[0])
         except (OSError, UnicodeError) as exc:  # gaierror, or an unencodable (IDNA) name
-            failure.append(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            failure.append(
+                exc if isinstance(exc, OSError) else socket.gaierror(socket.EAI_NONAME, str(exc))
+            )
         finally:
             done.set()
 

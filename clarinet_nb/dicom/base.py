@@ -28,4 +28,9 @@ class StrictModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise InvalidInputError(validation_message(exc)) from exc
+            message = validation_message(exc)
+        else:
+            return
+        # raised outside the handler: pydantic's own error repeats the input value
+        # (patient data), so it must not be chained as cause or context
+        raise InvalidInputError(message)

@@ -47,6 +47,8 @@ from clarinet_nb.dicom.params import (
 from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.dicom.retry import RetryPolicy
+from clarinet_nb.dicom.tls import TLSConfig, tls_from_settings
 from clarinet_nb.errors import InvalidInputError, LocalStorageError, RetrieveError
 from clarinet_nb.settings import Settings, settings
 
@@ -86,6 +88,8 @@ class DicomClient:
         timeouts: Timeouts | None = None,
         max_associations: int | None = None,
         config: Settings | None = None,
+        retries: int | RetryPolicy | None = None,
+        tls: TLSConfig | bool | None = None,
     ) -> None:
         if config is not None and not isinstance(config, Settings):
             raise InvalidInputError(f"config must be a Settings, not {type(config).__name__}")
@@ -95,6 +99,9 @@ class DicomClient:
                 "timeouts must be a Timeouts(connect=..., acse=..., dimse=..., network=..., "
                 f"cancel=...), not {type(timeouts).__name__}"
             )
+        self.retry_policy = RetryPolicy.of(retries, cfg.retries)
+        """How the notebook layer retries transient failures (``retries=``, CLARINET_RETRIES)."""
+        self.tls, self._tls_only_for = _client_tls(tls, cfg)
         self.timeouts = timeouts or Timeouts(
             connect=cfg.connect_timeout,
             acse=cfg.acse_timeout,
@@ -110,16 +117,39 @@ class DicomClient:
         most = cfg.max_associations if max_associations is None else max_associations
         self.max_associations = check_max_associations("max_associations", most)
         self.operations = DicomOperations(
-            aet, max_pdu=pdu, timeouts=self.timeouts, scp_port=port, scp_ip=ip
+            aet,
+            max_pdu=pdu,
+            timeouts=self.timeouts,
+            scp_port=port,
+            scp_ip=ip,
+            move_allowed_aets=cfg.move_allowed_aets,
+            move_check_host=cfg.move_check_host,
         )
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_associations, thread_name_prefix="clarinet-dicom"
         )
 
     @property
+    def retries(self) -> int:
+        """Retries after a transient failure (0: none); see :attr:`retry_policy`."""
+        return self.retry_policy.retries
+
+    @property
     def calling_aet(self) -> str:
         """Our AE title."""
         return self.operations.calling_aet
+
+    def secure(self, peer: DicomNode) -> DicomNode:
+        """``peer`` with this client's TLS when it has none of its own.
+
+        ``tls=TLSConfig(...)`` applies to every peer; TLS from the ``CLARINET_TLS_*``
+        settings only to the default PACS (``CLARINET_PACS_HOST``/``_PORT``).
+        """
+        if peer.tls is not None or self.tls is None:
+            return peer
+        if self._tls_only_for is not None and (peer.host, peer.port) != self._tls_only_for:
+            return peer
+        return peer.model_copy(update={"tls": self.tls})
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -177,6 +207,8 @@ class DicomClient:
     async def echo(self, peer: DicomNode) -> bool:
         """C-ECHO ``peer``: True, or a DicomError saying what is wrong."""
 
+        peer = self.secure(peer)
+
         def _echo(cancel: CancelToken) -> None:
             self.operations.echo(peer)
 
@@ -187,13 +219,13 @@ class DicomClient:
         self, query: AnyQuery, *, peer: DicomNode, cancel: CancelToken | None = None
     ) -> FindOutcome:
         """C-FIND returning the raw pydicom datasets and how the query ended."""
-        return await self.run(self.operations.find, query, peer, cancel=cancel)
+        return await self.run(self.operations.find, query, self.secure(peer), cancel=cancel)
 
     async def plan(
         self, request: RetrieveRequest, *, peer: DicomNode, cancel: CancelToken | None = None
     ) -> RetrievePlan:
         """List what ``request`` would retrieve (the pre-query of a retrieve)."""
-        return await self.run(self.operations.plan, request, peer, cancel=cancel)
+        return await self.run(self.operations.plan, request, self.secure(peer), cancel=cancel)
 
     async def _find(self, query: AnyQuery, peer: DicomNode, model: type[Any]) -> QueryResults[Any]:
         outcome = await self.find(query, peer=peer)
@@ -251,6 +283,12 @@ class DicomClient:
         read-only (the retrieve is stopped; ``.result`` says what arrived).
         """
         config = _storage(output_dir, storage)
+        peer = self.secure(peer)
+        if method == "move" and peer.tls is not None and not peer.tls.has_certificate:
+            raise InvalidInputError(
+                "a C-MOVE over TLS needs cert_file and key_file: our Storage SCP is then a TLS "
+                "server the PACS connects to (or retrieve with C-GET)"
+            )
         own_bar = progress is True
         bar: Progress | None
         if progress is True:
@@ -321,6 +359,23 @@ class DicomClient:
         """C-MOVE one instance (or several of one series) to our Storage SCP."""
         request = RetrieveRequest.instances(sop_uid, series_uid, study_uid)
         return await self.retrieve("move", request, peer=peer, **kwargs)
+
+
+def _client_tls(
+    tls: TLSConfig | bool | None, cfg: Settings
+) -> tuple[TLSConfig | None, tuple[str, int] | None]:
+    """The client's TLS and, when it comes from the settings, the one address it is for."""
+    if tls is None:
+        from_settings = tls_from_settings(cfg)
+        scope = (cfg.pacs_host, cfg.pacs_port) if from_settings is not None else None
+        return from_settings, scope
+    if tls is False:
+        return None, None
+    if isinstance(tls, TLSConfig):
+        return tls, None
+    raise InvalidInputError(
+        f"tls must be a TLSConfig, False (plain TCP) or None (from settings), not {tls!r}"
+    )
 
 
 def _check(query: Any, expected: type[T]) -> T:

@@ -5,6 +5,15 @@ propose a storage context (with the SCP role) for every SOP class in what is
 retrieved, in the transfer syntaxes it may be stored in.  An association holds
 at most 128 presentation contexts; larger sets are split into chunks, one
 association each.
+
+Instances arrive as stored only when their stored syntax is offered in a
+context of its own: offered several syntaxes in one context, the peer picks one
+(Orthanc, pynetdicom peers) and converts.  So every context we propose for
+C-GET carries exactly one transfer syntax, for every syntax a PACS may hold,
+Deflated Explicit VR Little Endian and Explicit VR Big Endian included.  A peer
+that sends on the first context accepted for a class (DCMTK dcmqrscp) gets
+Explicit VR Little Endian first; dcmqrscp then converts any uncompressed
+instance (Implicit VR, Big Endian) to it: that conversion is dcmqrscp's own.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ __all__ = [
     "UNCOMPRESSED_SYNTAXES",
     "GetChunk",
     "default_storage_classes",
+    "first_get_chunk",
     "is_image_class",
     "plan_get_chunks",
     "plan_syntax_chunks",
@@ -49,7 +59,14 @@ __all__ = [
 
 MAX_CONTEXTS = 128
 
-UNCOMPRESSED_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Syntaxes a peer can convert between without a codec; Explicit VR Little Endian
+#: first (peers that send on the first accepted context then lose nothing).
+UNCOMPRESSED_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
 COMPRESSED_SYNTAXES: tuple[str, ...] = (
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -61,12 +78,7 @@ COMPRESSED_SYNTAXES: tuple[str, ...] = (
     JPEG2000,
     RLELossless,
 )
-ALL_SYNTAXES: tuple[str, ...] = (
-    *UNCOMPRESSED_SYNTAXES,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    *COMPRESSED_SYNTAXES,
-)
+ALL_SYNTAXES: tuple[str, ...] = (*UNCOMPRESSED_SYNTAXES, *COMPRESSED_SYNTAXES)
 
 _NON_IMAGE_WORDS = (
     "SR Storage",
@@ -80,7 +92,6 @@ _NON_IMAGE_WORDS = (
     "RT Beams",
     "Spectroscopy",
     "Registration",
-    "Segmentation Storage",
     "Surface",
     "Measurements",
 )
@@ -90,6 +101,7 @@ def is_image_class(sop_class_uid: str) -> bool:
     """True when instances of this SOP class may carry compressed pixel data.
 
     Unknown (private) classes count as images, so we propose more, not less.
+    Segmentations carry pixel data and are often stored RLE Lossless: images.
     """
     name = UID(sop_class_uid).name
     if name == sop_class_uid:  # not in pydicom's dictionary
@@ -139,25 +151,38 @@ def plan_get_chunks(sop_classes: Iterable[str]) -> list[GetChunk]:
     return chunks
 
 
-#: Transfer syntaxes tried one at a time, in this order, for instances that did
-#: not arrive on a first pass.  Some peers (dcmqrscp) send each instance on the
-#: first context accepted for its SOP class and fail when they cannot convert
-#: to that context's syntax; offering one syntax per pass lets them succeed.
+def first_get_chunk(sop_classes: Iterable[str]) -> GetChunk:
+    """The first chunk :func:`plan_get_chunks` would make, without building the others."""
+    most = (MAX_CONTEXTS - 1) // len(UNCOMPRESSED_SYNTAXES) + 1  # more than a chunk can hold
+    return plan_get_chunks(list(dict.fromkeys(sop_classes))[:most])[0]
+
+
+#: Transfer syntaxes offered, pass after pass, for instances that did not arrive
+#: on a first pass; each syntax of a pass in a context of its own.  Some peers
+#: (dcmqrscp) send each instance on the first context accepted for its SOP class
+#: and fail when they cannot convert to that context's syntax (a compressed one):
+#: a pass offering only that compressed syntax lets them succeed.  The first
+#: pass offers every uncompressed syntax, separately, so that a peer that picks
+#: the context matching the stored syntax (pynetdicom) keeps it.
 REPAIR_PASSES: tuple[tuple[str, ...], ...] = (
     UNCOMPRESSED_SYNTAXES,
     *((ts,) for ts in COMPRESSED_SYNTAXES),
-    (DeflatedExplicitVRLittleEndian,),
-    (ExplicitVRBigEndian,),
 )
 
 
 def plan_syntax_chunks(sop_classes: Iterable[str], syntaxes: Sequence[str]) -> list[GetChunk]:
-    """One context per SOP class offering only ``syntaxes``, chunked per association."""
-    classes = list(dict.fromkeys(sop_classes))
+    """One context per SOP class and syntax in ``syntaxes``, chunked per association
+    (a class's contexts stay together).  Compressed syntaxes only for image classes:
+    a pass of compressed syntaxes skips the others (none when no class is left)."""
     budget = MAX_CONTEXTS - 1
+    per_class = max(1, min(len(syntaxes), budget))
+    classes = list(dict.fromkeys(sop_classes))
+    if all(UID(ts).is_compressed for ts in syntaxes):
+        classes = [uid for uid in classes if is_image_class(uid)]
+    step = max(1, budget // per_class)
     return [
-        _chunk(part, [build_context(uid, list(syntaxes)) for uid in part])
-        for part in (classes[i : i + budget] for i in range(0, len(classes), budget))
+        _chunk(part, [build_context(uid, [ts]) for uid in part for ts in syntaxes[:per_class]])
+        for part in (classes[i : i + step] for i in range(0, len(classes), step))
     ]
 
 
@@ -167,7 +192,8 @@ def _chunk(classes: Sequence[str], contexts: Sequence[PresentationContext]) -> G
 
 
 #: Classes tried first when a peer does not say which SOP classes it holds:
-#: documents and presentation states (one context each), then common images.
+#: documents and presentation states (four contexts each), then common images
+#: (thirteen each) and segmentations, which AI work brings in.
 _PRIORITY: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
@@ -181,6 +207,7 @@ _PRIORITY: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.1",  # CR
     "1.2.840.10008.5.1.4.1.1.1.1",  # DX for presentation
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
     "1.2.840.10008.5.1.4.1.1.1.2",  # MG for presentation
     "1.2.840.10008.5.1.4.1.1.6.1",  # US
     "1.2.840.10008.5.1.4.1.1.3.1",  # US multi-frame

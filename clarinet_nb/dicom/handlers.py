@@ -2,7 +2,9 @@
 
 ``StorageHandler`` is bound to ``evt.EVT_C_STORE``; it hands each instance to
 a small sink for the storage mode (DISK, MEMORY, FORWARD) and keeps the tally
-that becomes the :class:`~clarinet_nb.dicom.models.RetrieveResult`.
+that becomes the :class:`~clarinet_nb.dicom.models.RetrieveResult`.  A second
+copy of a SOP Instance UID already received in this retrieve is refused
+(``DUPLICATE``) before it reaches the sink: the first copy always stays.
 """
 
 from __future__ import annotations
@@ -35,11 +37,19 @@ from clarinet_nb.dicom.association import (
     status_of,
 )
 from clarinet_nb.dicom.filemeta import file_header
-from clarinet_nb.dicom.models import DicomNode, StorageConfig, StorageMode
+from clarinet_nb.dicom.models import DicomNode, RefusedStore, StorageConfig, StorageMode
 from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.errors import DicomError
 
-__all__ = ["Locator", "StorageHandler", "Tally", "storage_reason"]
+__all__ = [
+    "Locator",
+    "StorageHandler",
+    "Tally",
+    "plain_address",
+    "read_identity",
+    "sender_of",
+    "storage_reason",
+]
 
 logger = logging.getLogger("clarinet_nb")
 
@@ -49,6 +59,13 @@ Locator = Callable[[str], tuple[str, str] | None]
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+NOT_AUTHORISED = 0x0124
+"""C-STORE refused: the sender or the instance is not part of a retrieve we run."""
+DUPLICATE = 0x0111
+"""C-STORE refused: this SOP Instance UID was already received in this retrieve."""
+
+#: (Study Instance UID, Series Instance UID) of a received instance.
+Location = tuple[str, str]
 
 
 def store_request(event: evt.Event) -> C_STORE:
@@ -59,6 +76,23 @@ def store_request(event: evt.Event) -> C_STORE:
 def received_bytes(event: evt.Event) -> BytesIO:
     """The encoded dataset of an EVT_C_STORE event, as received."""
     return cast(BytesIO, store_request(event).DataSet)
+
+
+def sender_of(event: evt.Event) -> tuple[str, str]:
+    """(calling AE title, IP address) of whoever sent this event's C-STORE."""
+    assoc = event.assoc
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    try:
+        address = plain_address(peer.address)
+    except ValueError:  # no address information (never for a real connection)
+        address = ""
+    return str(peer.ae_title or "").strip(), address
+
+
+def plain_address(address: str | None) -> str:
+    """An IP address without its IPv4-mapped IPv6 prefix (``::ffff:127.0.0.1``)."""
+    text = str(address or "")
+    return text[7:] if text.lower().startswith("::ffff:") and "." in text else text
 
 
 @dataclass
@@ -75,14 +109,22 @@ class Tally:
     datasets: list[Dataset] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     bytes_received: int = 0
+    claimed: set[str] = field(default_factory=set)
+    """UIDs being stored or kept: a second copy is a duplicate."""
+    refused: list[RefusedStore] = field(default_factory=list)
+    """What our Storage SCP refused during this retrieve (no patient data)."""
 
 
 class _Sink(Protocol):
     #: False when the sink counts an instance received only later (FORWARD).
     immediate: bool
 
-    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
-        """Keep one instance, updating ``tally``; raise to fail the sub-operation."""
+    def store(
+        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+    ) -> None:
+        """Keep one instance, updating ``tally``; raise to fail the sub-operation.
+
+        ``location`` is the instance's (study, series) when already read from it."""
 
     def close(self, tally: Tally) -> None:
         """Finish pending work (FORWARD)."""
@@ -99,10 +141,12 @@ class DiskSink:
         self.overwrite = overwrite
         self._made: set[Path] = set()
 
-    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+    def store(
+        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+    ) -> None:
         located = self.locator(sop_uid) if self.locator else None
         if located is None:
-            located = _read_location(event)
+            located = location or read_identity(event)[:2]
         path = instance_path(self.root, located[0], located[1], sop_uid)
         if path.parent not in self._made:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,19 +160,33 @@ class DiskSink:
         return None
 
 
-def _read_location(event: evt.Event) -> tuple[str, str]:
-    """Study and series UIDs read from the received bytes, stopping early."""
+def _past_series_uid(tag: Any, vr: Any, length: Any) -> bool:
+    return bool(tag > 0x0020000E)
+
+
+def read_identity(event: evt.Event) -> tuple[str, str, str]:
+    """(Study, Series, SOP Instance) UIDs read from the received bytes, stopping at
+    (0020,000E): the rest of the dataset (pixel data) is never parsed."""
     syntax = UID(event.context.transfer_syntax)
     if syntax.is_deflated:
         ds = event.dataset
     else:
-        ds = read_dataset(
-            BytesIO(received_bytes(event).getvalue()),
-            is_implicit_VR=syntax.is_implicit_VR,
-            is_little_endian=syntax.is_little_endian,
-            stop_when=lambda tag, vr, length: tag > 0x0020000E,
-        )
-    return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+        stream = received_bytes(event)  # read in place: no copy of a large dataset
+        stream.seek(0)
+        try:
+            ds = read_dataset(
+                stream,
+                is_implicit_VR=syntax.is_implicit_VR,
+                is_little_endian=syntax.is_little_endian,
+                stop_when=_past_series_uid,
+            )
+        finally:
+            stream.seek(0)
+    study, series, sop = (
+        str(ds.get(key, "") or "").strip().rstrip("\x00")
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    )
+    return study, series, sop
 
 
 def _write_atomically(path: Path, event: evt.Event) -> None:
@@ -159,7 +217,9 @@ class MemorySink:
 
     immediate = True
 
-    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+    def store(
+        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+    ) -> None:
         ds = event.dataset
         ds.file_meta = event.file_meta
         with tally.lock:
@@ -188,7 +248,9 @@ class ForwardSink:
         self.tally: Tally | None = None
         self.thread: threading.Thread | None = None
 
-    def store(self, event: evt.Event, sop_uid: str, tally: Tally) -> None:
+    def store(
+        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+    ) -> None:
         if self.thread is None:
             self.tally = tally
             self.thread = threading.Thread(target=self._run, name="clarinet-forward", daemon=True)
@@ -291,13 +353,22 @@ class StorageHandler:
                 storage.forward_to, calling_aet, timeouts or Timeouts(), max_pdu
             )
 
-    def __call__(self, event: evt.Event) -> int:
-        """Handle one C-STORE request; returns its status."""
+    def __call__(self, event: evt.Event, location: Location | None = None) -> int:
+        """Handle one C-STORE request; returns its status.
+
+        ``location``: the instance's (study, series) when the caller already read it."""
         request = store_request(event)
         sop_uid = str(request.AffectedSOPInstanceUID or "")
+        with self.tally.lock:
+            duplicate = sop_uid in self.tally.claimed
+            if not duplicate:
+                self.tally.claimed.add(sop_uid)
+        if duplicate:
+            self.refuse(event, "duplicate SOP Instance UID", DUPLICATE)
+            return DUPLICATE
         size = len(request.DataSet.getbuffer()) if request.DataSet else 0
         try:
-            self.sink.store(event, sop_uid, self.tally)
+            self.sink.store(event, sop_uid, self.tally, location)
         except OSError as exc:
             self._fail(sop_uid, f"local storage failed: {storage_reason(exc)}")
             with self.tally.lock:
@@ -326,9 +397,47 @@ class StorageHandler:
             self.on_stored(sop_uid, size)
         return SUCCESS
 
+    def has(self, sop_uid: str) -> bool:
+        """True when a copy of ``sop_uid`` is kept or being stored."""
+        return sop_uid in self.tally.claimed
+
     def _fail(self, sop_uid: str, reason: str) -> None:
         with self.tally.lock:
             self.tally.failed[sop_uid] = reason
+            self.tally.claimed.discard(sop_uid)  # a later copy may still be kept
+
+    def refuse(
+        self, event: evt.Event | None, reason: str, status: int | None, **sender: str
+    ) -> None:
+        """Count one refused C-STORE (``event``) or association (``sender``: calling_aet,
+        address); the first refusal of a retrieve is logged as a warning."""
+        if event is not None:
+            request = store_request(event)
+            aet, address = sender_of(event)
+            record = RefusedStore(
+                reason=reason,
+                calling_aet=aet,
+                address=address,
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                status=status,
+            )
+        else:
+            record = RefusedStore(reason=reason, status=status, **sender)
+        with self.tally.lock:
+            self.tally.refused.append(record)
+            first = len(self.tally.refused) == 1
+        if first:
+            logger.warning(
+                "our Storage SCP refused %s from AE %r at %s: %s (every refusal of this "
+                "retrieve is listed in RetrieveResult.refused)",
+                "an instance" if event is not None else "an association",
+                record.calling_aet,
+                record.address or "?",
+                reason,
+            )
+        else:
+            logger.debug("refused %s from %r at %s", reason, record.calling_aet, record.address)
 
     def close(self) -> None:
         """Finish pending work (waits for FORWARD to drain)."""

@@ -25,6 +25,7 @@ from clarinet_nb.dicom.results import (
     SeriesResult,
     StudyResult,
 )
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import InvalidInputError
 
@@ -36,6 +37,7 @@ __all__ = [
     "PatientQuery",
     "PatientResult",
     "QueryLevel",
+    "RefusedStore",
     "RetrieveResult",
     "RetrieveStatus",
     "SeriesQuery",
@@ -50,13 +52,18 @@ _NODE_RE = re.compile(r"^\s*(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\
 
 
 class DicomNode(StrictModel):
-    """A DICOM Application Entity on the network: AE title, host and port."""
+    """A DICOM Application Entity on the network: AE title, host and port.
+
+    ``tls=TLSConfig(...)`` makes every association with it DICOM TLS (and our
+    Storage SCP speak TLS during a C-MOVE from it); None is plain TCP.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     aet: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: TLSConfig | None = None
 
     @field_validator("aet")
     @classmethod
@@ -72,12 +79,12 @@ class DicomNode(StrictModel):
         return host
 
     @classmethod
-    def parse(cls, text: str) -> DicomNode:
+    def parse(cls, text: str, *, tls: TLSConfig | None = None) -> DicomNode:
         """Parse ``"AET@host:port"``, e.g. ``"ORTHANC@127.0.0.1:4242"``."""
         match = _NODE_RE.match(text)
         if not match:
             raise InvalidInputError(f"{text!r} is not of the form AET@host:port")
-        return cls(aet=match["aet"], host=match["host"], port=int(match["port"]))
+        return cls(aet=match["aet"], host=match["host"], port=int(match["port"]), tls=tls)
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
@@ -128,6 +135,24 @@ class RetrieveStatus(StrEnum):
     """The retrieval was cancelled; what arrived is listed."""
 
 
+class RefusedStore(BaseModel):
+    """One association or C-STORE our Storage SCP refused during a retrieve (no patient data)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    """Why: ``calling AE title not allowed``, ``source address not allowed``,
+    ``not part of this retrieve``, ``duplicate SOP Instance UID``."""
+    calling_aet: str = ""
+    address: str = ""
+    """The sender's IP address."""
+    sop_class_uid: str = ""
+    """Empty when the whole association was refused."""
+    sop_instance_uid: str = ""
+    status: int | None = None
+    """The C-STORE failure status we answered; None for a refused association."""
+
+
 class RetrieveResult(BaseModel):
     """Report of one C-GET or C-MOVE: what was expected, what arrived, what failed."""
 
@@ -162,6 +187,11 @@ class RetrieveResult(BaseModel):
     elapsed: float = 0.0
     associations: int = 0
     message: str = ""
+    attempts: int = 1
+    """How many times it was requested (more than 1 after transient failures were retried)."""
+    refused: list[RefusedStore] = Field(default_factory=list)
+    """Associations and C-STOREs our Storage SCP refused during this retrieve (not
+    counted in ``received``): another sender, an instance not asked for, a duplicate."""
 
     @property
     def ok(self) -> bool:
@@ -175,6 +205,8 @@ class RetrieveResult(BaseModel):
         bad = len(set(self.failed_sop_instance_uids) | set(self.missing_sop_instance_uids))
         if bad:
             text += f", {bad} failed or missing"
+        if self.refused:
+            text += f", {len(self.refused)} refused"
         return f"{text} ({self.status.value})"
 
     def __repr_args__(self) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from clarinet_nb.dicom.contexts import (
     REPAIR_PASSES,
     GetChunk,
     default_storage_classes,
+    first_get_chunk,
     plan_get_chunks,
     plan_syntax_chunks,
 )
@@ -53,10 +55,17 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
-from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
+from clarinet_nb.dicom.requests import (
+    RetrieveRequest,
+    image_identifier,
+    listed_sop_uids,
+    split_uid_lists,
+    uid_list_keywords,
+)
 from clarinet_nb.dicom.results import names_look_emptied
-from clarinet_nb.dicom.scp import receiving
+from clarinet_nb.dicom.scp import Admission, Scope, peer_addresses, receiving
 from clarinet_nb.dicom.status import describe
+from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
     AssociationRejectedError,
@@ -68,6 +77,7 @@ from clarinet_nb.errors import (
     PartialRetrieveError,
     QueryError,
 )
+from clarinet_nb.settings import settings
 
 __all__ = ["DicomOperations", "FindOutcome", "Progress"]
 
@@ -140,12 +150,44 @@ class DicomOperations:
         timeouts: Timeouts | None = None,
         scp_port: int = 11112,
         scp_ip: str | None = None,
+        move_allowed_aets: Sequence[str] | None = None,
+        move_check_host: bool | None = None,
     ) -> None:
         self.calling_aet = check_ae_title(calling_aet)
         self.max_pdu = max_pdu
         self.timeouts = timeouts or Timeouts()
         self.scp_port = scp_port
         self.scp_ip = scp_ip
+        allowed = settings.move_allowed_aets if move_allowed_aets is None else move_allowed_aets
+        self.move_allowed_aets = tuple(check_ae_title(aet) for aet in allowed)
+        """Calling AE titles admitted during a C-MOVE besides the PACS's own."""
+        self.move_check_host = (
+            settings.move_check_host if move_check_host is None else move_check_host
+        )
+        """Admit C-MOVE senders only from the PACS's address(es)."""
+        self._list_refusers: set[tuple[str, str, int]] = set()
+        self._list_lock = threading.Lock()
+
+    # -- peers that cannot match a list of UIDs -------------------------------------------
+
+    def refuses_uid_lists(self, peer: DicomNode) -> bool:
+        """True once ``peer`` refused a list of UIDs that it took one UID at a time."""
+        return (peer.aet, peer.host, peer.port) in self._list_refusers
+
+    def _note_list_refusal(self, peer: DicomNode, what: str, code: int | None) -> None:
+        """Remember that ``peer`` refuses UID lists; say so once per peer."""
+        key = (peer.aet, peer.host, peer.port)
+        with self._list_lock:
+            if key in self._list_refusers:
+                return
+            self._list_refusers.add(key)
+        logger.warning(
+            "%s refused a %s with a list of UIDs (%s) but answers one UID at a time: "
+            "sending one request per UID to it from now on",
+            peer,
+            what,
+            describe(code),
+        )
 
     # -- C-ECHO ---------------------------------------------------------------------------
 
@@ -201,9 +243,69 @@ class DicomOperations:
         cancel: CancelToken | None,
         on_match: Callable[[Dataset], None] | None = None,
     ) -> FindOutcome:
+        """One C-FIND; a list of UIDs the peer refuses is asked one UID at a time."""
+        listed = bool(uid_list_keywords(identifier))
+        if listed and self.refuses_uid_lists(peer):
+            return self._find_per_uid(assoc, query, identifier, peer, cancel, on_match, None)
+        outcome = FindOutcome()
+        try:
+            return self._find_once(assoc, query, identifier, peer, cancel, on_match, outcome)
+        except QueryError as exc:
+            if not listed or outcome.datasets or exc.status in (None, CANCEL):
+                raise
+            return self._find_per_uid(assoc, query, identifier, peer, cancel, on_match, exc)
+
+    def _find_per_uid(
+        self,
+        assoc: Association,
+        query: AnyQuery,
+        identifier: Dataset,
+        peer: DicomNode,
+        cancel: CancelToken | None,
+        on_match: Callable[[Dataset], None] | None,
+        refused: QueryError | None,
+    ) -> FindOutcome:
+        """The C-FIND of ``identifier`` as one query per UID of its lists, on ``assoc``.
+
+        With ``refused`` (the list's failure) the first single-UID query is a probe:
+        when it fails too, the list was not the problem and ``refused`` is raised.
+        """
+        outcome = FindOutcome()
+        for part in split_uid_lists(identifier):
+            if _cancelled(cancel):
+                outcome.cancelled = True
+                break
+            found = FindOutcome()
+            try:
+                self._find_once(assoc, query, part, peer, cancel, on_match, found)
+            except QueryError:
+                if refused is not None:
+                    raise refused from None
+                raise
+            if refused is not None:
+                self._note_list_refusal(peer, "C-FIND", refused.status)
+                refused = None
+            outcome.datasets += found.datasets
+            outcome.status = found.status
+            outcome.truncated |= found.truncated
+            if found.cancelled:
+                outcome.cancelled = True
+                break
+        return outcome
+
+    def _find_once(
+        self,
+        assoc: Association,
+        query: AnyQuery,
+        identifier: Dataset,
+        peer: DicomNode,
+        cancel: CancelToken | None,
+        on_match: Callable[[Dataset], None] | None,
+        outcome: FindOutcome,
+    ) -> FindOutcome:
+        """One C-FIND request and its responses, gathered into ``outcome``."""
         model = _PATIENT_FIND if query.level is QueryLevel.PATIENT else _STUDY_FIND
         _require_context(assoc, model, peer, "C-FIND")
-        outcome = FindOutcome()
         waiter = ResponseWaiter(assoc, self.timeouts.dimse, peer)
         emptied = 0
         # only answers to a query asking for person names can come back with emptied names
@@ -402,11 +504,13 @@ class DicomOperations:
         """C-GET over as many associations as the SOP classes need.
 
         First pass: when the pre-query named every SOP class, each association
-        negotiates exactly those classes in every transfer syntax; otherwise
-        (dcmqrscp returns no SOPClassUID) the most common storage classes.  Then
-        repair passes re-request only what is still missing, offering one
-        transfer syntax at a time, for peers that send on the first context of a
-        class and cannot convert, or hold classes the first pass did not offer.
+        negotiates exactly those classes in every transfer syntax, each syntax in
+        a context of its own (so the peer sends as stored); otherwise (dcmqrscp
+        and qrscp return no SOPClassUID) the most common storage classes.  Then
+        repair passes re-request only what is still missing (every uncompressed
+        syntax, then one compressed syntax per pass), for peers that send on the
+        first context of a class and cannot convert, or hold classes the first
+        pass did not offer.
         """
         known = plan is not None and plan.classes_known
         ae = make_ae(self.calling_aet, self.timeouts)
@@ -419,24 +523,47 @@ class DicomOperations:
                     ae, request, peer, plan, chunk, len(chunks), handler, counters, cancel, None
                 )
         else:
-            chunk = plan_get_chunks(default_storage_classes())[0]
+            chunk = first_get_chunk(default_storage_classes())
             self._get_on_association(
                 ae, request, peer, None, chunk, 1, handler, counters, cancel, None
             )
         if plan is None:
             return
+        if all(i.sop_uid in handler.tally.arrived for i in plan.instances):
+            return
+        try:
+            self._repair(request, peer, plan, known, ae, handler, counters, cancel)
+        finally:
+            if all(i.sop_uid in handler.tally.arrived for i in plan.instances):
+                counters.retry()  # all repaired: failures of passes that could not help are moot
+
+    def _repair(
+        self,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan,
+        known: bool,
+        ae: AE,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+    ) -> None:
+        """Repair passes: re-request what is still missing, one syntax set per pass."""
         for syntaxes in REPAIR_PASSES:
             missing = [i for i in plan.instances if i.sop_uid not in handler.tally.arrived]
             if not missing or _cancelled(cancel):
                 return
             classes = plan.classes_of(missing) if known else default_storage_classes()
+            chunks = plan_syntax_chunks(classes, syntaxes)
+            if not chunks:
+                continue  # compressed syntaxes, and no image class is missing
             logger.info(
                 "C-GET repair pass for %d missing instance(s), offering %s",
                 len(missing),
                 ", ".join(UID(ts).name for ts in syntaxes),
             )
             counters.retry()
-            for chunk in plan_syntax_chunks(classes, syntaxes):
+            for chunk in chunks:
                 wanted = [
                     i
                     for i in missing
@@ -486,12 +613,16 @@ class DicomOperations:
             _require_context(assoc, model, peer, "C-GET")
             if identifiers is None:
                 identifiers = self._get_identifiers(assoc, request, plan, chunk, n_chunks, handler)
-            for identifier in identifiers:
-                counters.msg_id += 1
+
+            def send(identifier: Dataset) -> None:
+                counters.msg_id = counters.msg_id % 65535 + 1
                 responses = assoc.send_c_get(identifier, model, msg_id=counters.msg_id)
                 self._consume(
                     assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET", model
                 )
+
+            for identifier in identifiers:
+                self._send_listed(identifier, send, peer, handler, counters, cancel, "C-GET")
                 if cancel is not None and cancel.cancelled:
                     return
         finally:
@@ -540,32 +671,113 @@ class DicomOperations:
         counters: _Counters,
         cancel: CancelToken | None,
     ) -> None:
+        """C-MOVE to our own Storage SCP, which admits only ``peer`` (see scp.py).
+
+        The association is opened first: the address it reached is one the
+        PACS's C-STOREs may come from."""
         expected = frozenset(plan.sop_uids) if plan is not None else None
         extra = frozenset(plan.sop_classes) if plan is not None else frozenset()
-        with receiving(
-            handler,
-            aet=self.calling_aet,
-            port=self.scp_port,
-            ip=self.scp_ip,
-            max_pdu=self.max_pdu,
-            timeouts=self.timeouts,
-            expected=expected,
-            extra_classes=extra,
-        ):
-            ae = make_ae(self.calling_aet, self.timeouts)
-            model = str(StudyRootQueryRetrieveInformationModelMove)
-            assoc = open_association(
-                ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-MOVE"
-            )
-            counters.associations += 1
-            try:
-                _require_context(assoc, model, peer, "C-MOVE")
-                responses = assoc.send_c_move(
-                    request.identifier(), self.calling_aet, model, msg_id=1
-                )
-                self._consume(assoc, responses, counters, cancel, 1, peer, "C-MOVE", model)
-            finally:
-                release(assoc)
+        ae = make_ae(self.calling_aet, self.timeouts)
+        model = str(StudyRootQueryRetrieveInformationModelMove)
+        assoc = open_association(
+            ae, peer, contexts=[build_context(model)], max_pdu=self.max_pdu, purpose="C-MOVE"
+        )
+        counters.associations += 1
+        try:
+            _require_context(assoc, model, peer, "C-MOVE")
+            with receiving(
+                handler,
+                aet=self.calling_aet,
+                port=self.scp_port,
+                ip=self.scp_ip,
+                max_pdu=self.max_pdu,
+                timeouts=self.timeouts,
+                admission=self._move_admission(peer, assoc),
+                expected=expected,
+                scope=Scope(request.study_uid, request.series_uid, frozenset(request.sop_uids)),
+                extra_classes=extra,
+                # a C-MOVE over TLS: the PACS connects to our SCP over TLS too
+                ssl_context=scp_context(peer.tls, self.timeouts.network) if peer.tls else None,
+            ):
+                self._move_on(assoc, request.identifier(), peer, handler, counters, cancel)
+        finally:
+            release(assoc)
+
+    def _move_admission(self, peer: DicomNode, assoc: Association) -> Admission:
+        """Who may C-STORE to us for this move: ``peer``'s AE title (and the
+        ``move_allowed_aets``), from ``peer``'s address(es) when ``move_check_host``."""
+        aets = frozenset({peer.aet, *self.move_allowed_aets})
+        if not self.move_check_host:
+            return Admission(aets)
+        connected: str | None = None
+        with contextlib.suppress(AttributeError, OSError, IndexError, TypeError):
+            connected = str(assoc.dul.socket.socket.getpeername()[0])  # type: ignore[union-attr]
+        addresses = peer_addresses(peer.host, connected, self.timeouts.connect)
+        if not addresses:  # the host neither is an IP nor resolves: check the AE title only
+            logger.info("C-MOVE senders not checked by address: %s does not resolve", peer.host)
+        return Admission(aets, addresses or None)
+
+    def _move_on(
+        self,
+        assoc: Association,
+        identifier: Dataset,
+        peer: DicomNode,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+    ) -> None:
+        """C-MOVE ``identifier`` on ``assoc`` (one UID at a time if the peer refuses lists)."""
+        model = str(StudyRootQueryRetrieveInformationModelMove)
+
+        def send(part: Dataset) -> None:
+            counters.msg_id = counters.msg_id % 65535 + 1
+            msg_id = counters.msg_id
+            responses = assoc.send_c_move(part, self.calling_aet, model, msg_id)
+            self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-MOVE", model)
+
+        self._send_listed(identifier, send, peer, handler, counters, cancel, "C-MOVE")
+
+    def _send_listed(
+        self,
+        identifier: Dataset,
+        send: Callable[[Dataset], None],
+        peer: DicomNode,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+        what: str,
+    ) -> None:
+        """Send one C-GET/C-MOVE ``identifier`` with ``send``.
+
+        When it carries a list of UIDs that the peer refuses outright (pynetdicom's
+        qrscp: 0xC413 on C-GET, 0xA801 on C-MOVE), the UIDs not yet arrived are
+        requested one at a time.  The first single-UID request is a probe: when the
+        peer refuses it too (0xA801 also means "move destination unknown"), the list
+        was not the problem and the failure stands.  A peer known to refuse lists
+        gets one request per UID at once.
+        """
+        listed = bool(uid_list_keywords(identifier))
+        probing = listed and not self.refuses_uid_lists(peer)
+        code: int | None = None
+        if not listed or probing:
+            refused = _send_refused(send, identifier, handler, counters)
+            if not probing or not refused:
+                return
+            code = counters.status
+        for part in split_uid_lists(identifier):
+            if _cancelled(cancel):
+                return
+            uids = listed_sop_uids(part)
+            if uids and all(uid in handler.tally.arrived for uid in uids):
+                continue
+            refused = _send_refused(send, part, handler, counters)
+            if refused and counters.status == MOVE_DESTINATION_UNKNOWN:
+                return  # a destination problem, the same for every UID
+            if probing:
+                if refused:
+                    return  # one UID alone is refused too: not a matter of lists
+                self._note_list_refusal(peer, what, code)
+                probing = False
 
     def _consume(
         self,
@@ -650,6 +862,7 @@ class DicomOperations:
             elapsed=time.monotonic() - started,
             associations=counters.associations,
             message=describe(counters.status) if counters.status is not None else "",
+            refused=list(tally.refused) if tally else [],
         )
 
 
@@ -679,6 +892,31 @@ def _cancelled(cancel: CancelToken | None) -> bool:
 def peer_name(assoc: Association) -> str:
     """The peer's AE title, for messages."""
     return str(getattr(assoc.acceptor, "ae_title", "the peer")).strip() or "the peer"
+
+
+def _send_refused(
+    send: Callable[[Dataset], None],
+    identifier: Dataset,
+    handler: StorageHandler,
+    counters: _Counters,
+) -> bool:
+    """Send ``identifier``; True when the peer failed it outright: a failure status,
+    no sub-operation and none of its instances arrived."""
+    before = (counters.completed, counters.failed, counters.warning)
+    previous, counters.status = counters.status, None
+    try:
+        send(identifier)
+        code = counters.status
+    finally:
+        if counters.status is None:  # no final status (cancelled, broken): keep the last one
+            counters.status = previous
+    if code is None:
+        return False
+    if code < 0xA000 or code & 0xF000 == 0xB000 or code == CANCEL or code in PENDING:
+        return False
+    if (counters.completed, counters.failed, counters.warning) != before:
+        return False
+    return not any(uid in handler.tally.arrived for uid in listed_sop_uids(identifier))
 
 
 def _require_context(assoc: Association, abstract_syntax: str, peer: DicomNode, what: str) -> None:

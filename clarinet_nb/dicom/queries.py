@@ -1,8 +1,12 @@
 """Query models: what to look for at each Query/Retrieve level.
 
 Fields are snake_case; each maps to one DICOM keyword.  ``None`` means "return
-this attribute but do not match on it".  Strings may use the wildcards ``*`` and
-``?`` where the standard allows them (not on UIDs, dates or numbers).  Dates
+this attribute but do not match on it"; an explicit blank value (``""``, spaces,
+an empty list, a list with a blank item) is refused, since it would match
+everything.  Every value is checked against its VR (length, repertoire, control
+characters, syntax; see :mod:`clarinet_nb.dicom.matching`).  Strings may use the
+wildcards ``*`` and ``?`` where the standard allows them (not on UIDs, dates,
+times or numbers).  Dates
 take a ``date``, ``"YYYYMMDD"``/``"YYYY-MM-DD"`` or a range ``(start, end)``
 where either end may be ``None``.  UID fields take one UID or a list (UID list
 matching).
@@ -20,6 +24,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 
 from clarinet_nb.dicom.base import StrictModel
+from clarinet_nb.dicom.matching import check_matching, encode_matching, is_blank
 from clarinet_nb.dicom.values import check_uid, format_da, parse_dicom_date, set_key
 from clarinet_nb.errors import InvalidInputError
 
@@ -55,9 +60,7 @@ class DateRange(StrictModel):
         if self.start is None and self.end is None:
             raise InvalidInputError("a date range needs at least one end")
         if self.start is not None and self.end is not None and self.start > self.end:
-            raise InvalidInputError(
-                f"impossible date range: start {self.start} is after end {self.end}"
-            )
+            raise InvalidInputError("impossible date range: start is after end")
         return self
 
     def to_dicom(self) -> str:
@@ -73,8 +76,8 @@ def _coerce_date(value: Any) -> Any:
         return value
     if isinstance(value, tuple | list):
         if len(value) != 2:
-            raise InvalidInputError(f"a date range is a (start, end) pair, got {value!r}")
-        start, end = (None if v in (None, "") else parse_dicom_date(v) for v in value)
+            raise InvalidInputError(f"a date range is a (start, end) pair, not {len(value)} values")
+        start, end = (None if is_blank(v) else parse_dicom_date(v) for v in value)
         return DateRange(start=start, end=end)
     if isinstance(value, str) and "-" in value.strip() and not _looks_iso(value.strip()):
         start_s, _, end_s = value.strip().partition("-")
@@ -96,12 +99,16 @@ def _coerce_uids(value: Any) -> Any:
         return None
     if isinstance(value, str):
         return check_uid(value)
-    if isinstance(value, Sequence):
-        uids = tuple(check_uid(v) for v in value)
-        if not uids:
-            raise InvalidInputError("an empty list of UIDs matches nothing")
+    if isinstance(value, Sequence | set | frozenset):
+        if not value:
+            raise InvalidInputError("an empty list of UIDs would match everything")
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        uids = tuple(check_uid(v) for v in items)
         return uids if len(uids) > 1 else uids[0]
     raise InvalidInputError(f"expected a UID or a list of UIDs, got {type(value).__name__}")
+
+
+_BLANK = "a blank value would match everything; leave the field out (None) or use '*'"
 
 
 def _coerce_text(value: Any) -> Any:
@@ -109,9 +116,11 @@ def _coerce_text(value: Any) -> Any:
         return None
     if not isinstance(value, str):
         raise InvalidInputError(f"expected a string, got {type(value).__name__}")
+    if is_blank(value):
+        raise InvalidInputError(_BLANK)
     if "\\" in value:
-        raise InvalidInputError(f"{value!r}: backslash is not allowed in a matching key")
-    return value
+        raise InvalidInputError("backslash is not allowed in a matching key")
+    return value.strip(" ")
 
 
 def _coerce_text_list(value: Any) -> Any:
@@ -120,15 +129,27 @@ def _coerce_text_list(value: Any) -> Any:
     if isinstance(value, str):
         return _coerce_text(value)
     if isinstance(value, Sequence):
+        if not value:
+            raise InvalidInputError("an empty list " + _BLANK.removeprefix("a blank value "))
+        if any(v is None for v in value):
+            raise InvalidInputError("a list item is None: it would match everything")
         items = tuple(_coerce_text(v) for v in value)
-        return items if len(items) > 1 else (items[0] if items else None)
+        return items if len(items) > 1 else items[0]
     raise InvalidInputError(f"expected a string or list of strings, got {type(value).__name__}")
+
+
+def _coerce_time(value: Any) -> Any:
+    """``dt.time``, ``"HHMMSS"``, ``"HH:MM:SS"`` or a ``(start, end)`` range -> TM text."""
+    if value is None:
+        return None
+    return encode_matching("StudyTime", value)
 
 
 DateMatch = Annotated[dt.date | DateRange | None, BeforeValidator(_coerce_date)]
 UIDMatch = Annotated[str | tuple[str, ...] | None, BeforeValidator(_coerce_uids)]
 TextMatch = Annotated[str | None, BeforeValidator(_coerce_text)]
 TextListMatch = Annotated[str | tuple[str, ...] | None, BeforeValidator(_coerce_text_list)]
+TimeMatch = Annotated[str | None, BeforeValidator(_coerce_time)]
 
 
 class _Query(StrictModel):
@@ -150,10 +171,18 @@ class _Query(StrictModel):
     def _known_keywords(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = (value,)
-        for keyword in value or ():
-            if keyword not in keyword_dict:
-                raise InvalidInputError(f"{keyword!r} is not a DICOM keyword")
+        bad = [k for k in value or () if not isinstance(k, str) or k not in keyword_dict]
+        if bad:
+            raise InvalidInputError(
+                "return_keys: not DICOM keywords: " + ", ".join(repr(k) for k in bad)
+            )
         return tuple(value or ())
+
+    @model_validator(mode="after")
+    def _values_fit_their_vr(self) -> _Query:
+        for keyword, value in self.matching().items():
+            check_matching(keyword, _encode(keyword, value))
+        return self
 
     def matching(self) -> dict[str, Any]:
         """Return the fields that constrain the query, keyed by DICOM keyword."""
@@ -243,7 +272,7 @@ class StudyQuery(_Query):
     patient_sex: TextMatch = None
     study_instance_uid: UIDMatch = None
     study_date: DateMatch = None
-    study_time: TextMatch = None
+    study_time: TimeMatch = None
     accession_number: TextMatch = None
     study_id: TextMatch = None
     study_description: TextMatch = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +13,13 @@ from clarinet_nb.dicom.queries import ImageQuery, QueryLevel
 from clarinet_nb.dicom.values import check_uid
 from clarinet_nb.errors import InvalidInputError
 
-__all__ = ["RetrieveRequest", "image_identifier"]
+__all__ = [
+    "RetrieveRequest",
+    "image_identifier",
+    "listed_sop_uids",
+    "split_uid_lists",
+    "uid_list_keywords",
+]
 
 
 @dataclass(frozen=True)
@@ -89,3 +97,33 @@ def image_identifier(study_uid: str, series_uid: str, sop_uids: Sequence[str]) -
     ds.SeriesInstanceUID = series_uid
     ds.SOPInstanceUID = list(sop_uids) if len(sop_uids) > 1 else sop_uids[0]
     return ds
+
+
+def uid_list_keywords(identifier: Dataset) -> list[str]:
+    """Keywords of the UI attributes of ``identifier`` that carry a list of UIDs."""
+    return [elem.keyword for elem in identifier if elem.VR == "UI" and elem.VM > 1]
+
+
+def listed_sop_uids(identifier: Dataset) -> list[str]:
+    """The SOP Instance UIDs an identifier names (none when it names none)."""
+    value = identifier.get("SOPInstanceUID")
+    if not value:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value if v]
+
+
+def split_uid_lists(identifier: Dataset) -> list[Dataset]:
+    """One identifier per combination of single UIDs: List of UID Matching done by hand,
+    for peers that refuse a list.  The answers to the parts are disjoint (each entity
+    has one UID per attribute), so together they are exactly the list's answer."""
+    keywords = uid_list_keywords(identifier)
+    if not keywords:
+        return [identifier]
+    values = [list(dict.fromkeys(str(v) for v in identifier[kw].value)) for kw in keywords]
+    parts: list[Dataset] = []
+    for combination in itertools.product(*values):
+        part = copy.deepcopy(identifier)
+        for keyword, uid in zip(keywords, combination, strict=True):
+            setattr(part, keyword, uid)
+        parts.append(part)
+    return parts

@@ -75,16 +75,25 @@ def parse_dicom_date(value: str | dt.date | dt.datetime) -> dt.date:
         text = value.strip()
         match = _DA_RE.match(text) or _ISO_DATE_RE.match(text)
         if match:
-            try:
-                return dt.date(int(match[1]), int(match[2]), int(match[3]))
-            except ValueError as exc:
-                raise InvalidInputError(f"{value!r} is not a valid date: {exc}") from None
-    raise InvalidInputError(f"{value!r} is not a date (use YYYYMMDD, YYYY-MM-DD or a date)")
+            parts = int(match[1]), int(match[2]), int(match[3])
+            if _valid_date(*parts):
+                return dt.date(*parts)
+            raise InvalidInputError("not a valid date (no such day)")
+    # the value is not repeated: it may be a patient's birth date
+    raise InvalidInputError("not a date (use YYYYMMDD, YYYY-MM-DD or a date)")
+
+
+def _valid_date(year: int, month: int, day: int) -> bool:
+    try:
+        dt.date(year, month, day)
+    except ValueError:
+        return False
+    return True
 
 
 def format_da(value: dt.date) -> str:
-    """Format a date as DICOM DA (``YYYYMMDD``)."""
-    return value.strftime("%Y%m%d")
+    """Format a date as DICOM DA (``YYYYMMDD``; years before 1000 zero-padded)."""
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}"
 
 
 def parse_da(value: Any) -> dt.date | None:

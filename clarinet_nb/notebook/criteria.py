@@ -2,16 +2,17 @@
 
 The notebook layer speaks DICOM keywords.  :func:`build_query` checks each
 keyword and encodes its value by the keyword's VR (dates, ranges, UID lists,
-numbers), raising :class:`~clarinet_nb.errors.InvalidInputError` before any
-network traffic.  The result has the same face as the core query models
-(``level`` and ``to_dataset()``), so :class:`DicomOperations` runs it as is.
+numbers; see :mod:`clarinet_nb.dicom.matching`), raising
+:class:`~clarinet_nb.errors.InvalidInputError` before any network traffic.
+Criteria never widen: a blank value (None, NaN, ``""``, ``[]``...) is refused,
+not dropped, and a query without any criterion is refused; ``"*"`` is the one
+way to ask for everything.  The result has the same face as the core query
+models (``level`` and ``to_dataset()``), so :class:`DicomOperations` runs it as is.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,18 +20,36 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 
+from clarinet_nb.dicom.matching import (
+    check_matching,
+    element_value,
+    encode_matching,
+    is_blank,
+    needs_utf8,
+)
 from clarinet_nb.dicom.queries import (
-    DateRange,
     ImageQuery,
     PatientQuery,
     QueryLevel,
     SeriesQuery,
     StudyQuery,
 )
-from clarinet_nb.dicom.values import check_uid, format_da, parse_dicom_date, set_key
+from clarinet_nb.dicom.values import set_key
 from clarinet_nb.errors import InvalidInputError
 
-__all__ = ["KeywordQuery", "build_query", "default_keys", "is_missing"]
+__all__ = [
+    "KeywordQuery",
+    "build_query",
+    "check_return_keys",
+    "default_keys",
+    "encode_criteria",
+    "is_missing",
+]
+
+NO_CRITERIA = (
+    "no criteria: a find without any criterion would list the whole PACS; pass at least "
+    "one, e.g. PatientID='12345', or PatientID='*' to ask for everything"
+)
 
 _MODELS: dict[QueryLevel, type[PatientQuery | StudyQuery | SeriesQuery | ImageQuery]] = {
     QueryLevel.PATIENT: PatientQuery,
@@ -47,17 +66,8 @@ def default_keys(level: QueryLevel) -> tuple[str, ...]:
 
 
 def is_missing(value: Any) -> bool:
-    """None, NaN, NaT and pandas NA count as "no criterion"."""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    try:
-        import pandas as pd
-
-        return value is pd.NA or value is pd.NaT
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        return False
+    """None, NaN, NaT, pandas NA, blank text and empty containers count as "no value"."""
+    return is_blank(value)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,10 @@ class KeywordQuery:
     level: QueryLevel
     criteria: Mapping[str, str] = field(default_factory=dict)
     return_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for keyword, value in self.criteria.items():
+            check_matching(keyword, value)  # however it was built, nothing blank or invalid
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -79,11 +93,9 @@ class KeywordQuery:
         ds.QueryRetrieveLevel = self.level.value
         for keyword in self.keys:
             set_key(ds, keyword, [] if dictionary_VR(keyword) == "SQ" else "")
-        needs_utf8 = False
         for keyword, value in self.criteria.items():
-            set_key(ds, keyword, value)
-            needs_utf8 |= not value.isascii()
-        if needs_utf8:
+            set_key(ds, keyword, element_value(keyword, value))
+        if needs_utf8(self.criteria.values()):
             ds.SpecificCharacterSet = "ISO_IR 192"
         return ds
 
@@ -104,156 +116,62 @@ class KeywordQuery:
         return KeywordQuery(self.level, {**self.criteria, **changes}, self.return_keys)
 
 
-def build_query(
-    level: QueryLevel | str,
-    criteria: Mapping[str, Any],
-    return_keys: Iterable[str] = (),
-) -> KeywordQuery:
-    """Validate and encode keyword criteria for a C-FIND at ``level``."""
+def parse_level(level: QueryLevel | str) -> QueryLevel:
+    """``"study"``, ``"STUDY"`` or ``QueryLevel.STUDY``; InvalidInputError otherwise."""
+    if isinstance(level, QueryLevel):
+        return level
     try:
-        lvl = QueryLevel(str(level).upper())
+        return QueryLevel(str(level).upper())
     except ValueError:
         raise InvalidInputError(f"{level!r} is not a query level") from None
+
+
+def encode_criteria(criteria: Mapping[str, Any]) -> dict[str, str]:
+    """Check and encode keyword criteria; a blank value is an error, never dropped."""
     encoded: dict[str, str] = {}
     for keyword, value in criteria.items():
         _check_keyword(keyword)
-        if is_missing(value):
-            continue
-        encoded[keyword] = encode_value(keyword, value)
-    extra = tuple(return_keys)
-    for keyword in extra:
+        encoded[keyword] = encode_matching(keyword, value)
+    return encoded
+
+
+def check_return_keys(return_keys: Iterable[str] | str | None) -> tuple[str, ...]:
+    """``"InstitutionName"`` or a list of keywords; unknown keywords are named in the error."""
+    if return_keys is None:
+        return ()
+    keys = (return_keys,) if isinstance(return_keys, str) else tuple(return_keys)
+    bad = [k for k in keys if not isinstance(k, str) or k not in keyword_dict]
+    if bad:
+        raise InvalidInputError(
+            "return_keys: not DICOM keywords: " + ", ".join(repr(k) for k in bad)
+        )
+    for keyword in keys:
         _check_keyword(keyword)
+    return tuple(dict.fromkeys(keys))
+
+
+def build_query(
+    level: QueryLevel | str,
+    criteria: Mapping[str, Any],
+    return_keys: Iterable[str] | str = (),
+) -> KeywordQuery:
+    """Validate and encode keyword criteria for a C-FIND at ``level``.
+
+    Raises InvalidInputError for a blank value, a value its VR forbids, or no
+    criteria at all (pass e.g. ``PatientID="*"`` to ask for everything).
+    """
+    lvl = parse_level(level)
+    encoded = encode_criteria(criteria)
+    extra = check_return_keys(return_keys)
+    if not encoded:
+        raise InvalidInputError(NO_CRITERIA)
     return KeywordQuery(lvl, encoded, extra)
 
 
 def _check_keyword(keyword: str) -> None:
-    if keyword not in keyword_dict or keyword == "QueryRetrieveLevel":
+    if not isinstance(keyword, str) or keyword not in keyword_dict:
         raise InvalidInputError(f"{keyword!r} is not a DICOM keyword usable in a query")
+    if keyword in {"QueryRetrieveLevel", "SpecificCharacterSet"}:
+        raise InvalidInputError(f"{keyword!r} is set by clarinet_nb, not a query key")
     if (keyword_dict[keyword] >> 16) in (0x0000, 0x0002, 0x7FE0):
         raise InvalidInputError(f"{keyword!r} cannot be a query key")
-
-
-def encode_value(keyword: str, value: Any) -> str:
-    """Encode one criterion by the keyword's VR; raises InvalidInputError."""
-    vr = dictionary_VR(keyword)
-    if vr == "DA":
-        return _encode_date(keyword, value)
-    if vr == "TM":
-        return _encode_range(keyword, value, _encode_time)
-    if vr == "DT":
-        return _encode_range(keyword, value, _encode_datetime)
-    if vr == "UI":
-        values = [value] if isinstance(value, str) else list(_iterable(keyword, value))
-        if not values:
-            raise InvalidInputError(f"{keyword}: an empty list of UIDs matches nothing")
-        return "\\".join(_uid(keyword, v) for v in values)
-    if vr in ("IS", "US", "SS", "UL", "SL", "UV", "SV"):
-        return _encode_int(keyword, value)
-    if vr in ("DS", "FL", "FD"):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise InvalidInputError(f"{keyword}: expected a number, got {value!r}")
-        return str(value)
-    if vr == "SQ":
-        raise InvalidInputError(f"{keyword} is a sequence: it can be returned, not matched")
-    if isinstance(value, str):
-        return _text(keyword, value)
-    values = list(_iterable(keyword, value))
-    return "\\".join(_text(keyword, str(v)) for v in values)
-
-
-def _iterable(keyword: str, value: Any) -> Iterable[Any]:
-    if isinstance(value, list | tuple | set | frozenset):
-        return value
-    if hasattr(value, "tolist"):
-        listed = value.tolist()
-        if isinstance(listed, list):
-            return listed
-    raise InvalidInputError(f"{keyword}: cannot match on {value!r}")
-
-
-def _text(keyword: str, value: str) -> str:
-    if "\\" in value:
-        raise InvalidInputError(f"{keyword}: backslash is not allowed in a matching value")
-    return value
-
-
-def _uid(keyword: str, value: Any) -> str:
-    try:
-        return check_uid(str(value))
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"{keyword}: {exc}") from None
-
-
-def _encode_int(keyword: str, value: Any) -> str:
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{keyword}: expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return value.strip()
-    raise InvalidInputError(f"{keyword}: expected an integer, got {value!r}")
-
-
-def _encode_date(keyword: str, value: Any) -> str:
-    try:
-        if isinstance(value, tuple | list):
-            if len(value) != 2:
-                raise InvalidInputError("a range is a (start, end) pair")
-            start, end = (
-                None if is_missing(v) or v == "" else parse_dicom_date(_d(v)) for v in value
-            )
-            return DateRange(start=start, end=end).to_dicom()
-        if isinstance(value, str) and "-" in value.strip() and not _iso(value.strip()):
-            lo, _, hi = value.strip().partition("-")
-            return DateRange(
-                start=parse_dicom_date(lo) if lo else None,
-                end=parse_dicom_date(hi) if hi else None,
-            ).to_dicom()
-        return format_da(parse_dicom_date(_d(value)))
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"{keyword}: {exc}") from None
-
-
-def _d(value: Any) -> Any:
-    """pandas Timestamps and numpy datetimes to datetime."""
-    if hasattr(value, "to_pydatetime"):
-        return value.to_pydatetime()
-    return value
-
-
-def _iso(text: str) -> bool:
-    return len(text) == 10 and text[4] == "-" and text[7] == "-"
-
-
-def _encode_range(keyword: str, value: Any, one: Any) -> str:
-    if isinstance(value, tuple | list):
-        if len(value) != 2:
-            raise InvalidInputError(f"{keyword}: a range is a (start, end) pair")
-        lo, hi = ("" if is_missing(v) or v == "" else one(keyword, v) for v in value)
-        if not lo and not hi:
-            raise InvalidInputError(f"{keyword}: a range needs at least one end")
-        if lo and hi and lo > hi:
-            raise InvalidInputError(f"{keyword}: impossible range {lo}-{hi}")
-        return f"{lo}-{hi}"
-    return str(one(keyword, value))
-
-
-def _encode_time(keyword: str, value: Any) -> str:
-    if isinstance(value, dt.time):
-        return value.strftime("%H%M%S")
-    if isinstance(value, str) and value.replace(":", "").replace(".", "").isdigit():
-        return value.replace(":", "")
-    raise InvalidInputError(f"{keyword}: expected a time or HHMMSS, got {value!r}")
-
-
-def _encode_datetime(keyword: str, value: Any) -> str:
-    value = _d(value)
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y%m%d%H%M%S")
-    if isinstance(value, dt.date):
-        return value.strftime("%Y%m%d")
-    if isinstance(value, str) and value.replace(".", "").isdigit():
-        return value
-    raise InvalidInputError(f"{keyword}: expected a datetime, got {value!r}")

@@ -27,15 +27,23 @@ from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
 from clarinet_nb.dicom.params import check_cache_dir, check_result_cap, parse_size
 from clarinet_nb.dicom.queries import QueryLevel
+from clarinet_nb.dicom.retry import RetryPolicy, attempts_of, call_with_retries, set_attempts
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.errors import DicomError, InvalidInputError, LocalStorageError
 from clarinet_nb.notebook.cache import QueryCache
 from clarinet_nb.notebook.concurrency import run_bounded
-from clarinet_nb.notebook.criteria import KeywordQuery, build_query
+from clarinet_nb.notebook.criteria import KeywordQuery, is_missing, parse_level
 from clarinet_nb.notebook.frames import empty_frame, to_frame
 from clarinet_nb.notebook.headers import header_frame, write_headers
 from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
 from clarinet_nb.notebook.pull import DatasetList, pull_to_disk, pull_to_memory
-from clarinet_nb.notebook.rows import QueryRow, query_rows, retrieve_targets
+from clarinet_nb.notebook.rows import (
+    QueryPlan,
+    QueryRow,
+    drop_duplicate_rows,
+    plan_queries,
+    retrieve_targets,
+)
 from clarinet_nb.notebook.runner import run_sync
 from clarinet_nb.notebook.split import find_with_split
 from clarinet_nb.notebook.warn import warn
@@ -98,12 +106,18 @@ class Pacs:
         progress: bool | None = None,
         **criteria: Any,
     ) -> pd.DataFrame:
-        """C-FIND at ``level``; a frame as first argument means one query per row."""
-        lvl = QueryLevel(str(level).upper()) if not isinstance(level, QueryLevel) else level
+        """C-FIND at ``level``; a frame as first argument means one query per row.
+
+        Criteria never widen: a blank value is an InvalidInputError, a frame row with a
+        blank criteria cell a failed row, and a find without criteria is refused (pass
+        e.g. ``PatientID="*"`` to ask for everything).  Rows with identical criteria
+        share one C-FIND; each row gets its answer once, with its own carried columns.
+        """
+        lvl = parse_level(level)
         if split not in (None, "auto"):
             raise InvalidInputError("split must be None or 'auto'")
-        rows = query_rows(frame, lvl, criteria)
-        queries = [build_query(lvl, row.criteria, return_keys) for row in rows]  # validate all
+        plan = plan_queries(frame, lvl, criteria, return_keys)  # validates everything first
+        queries = plan.distinct
         show = progress if progress is not None else len(queries) > 1
         bar = SharedProgress(len(queries), f"C-FIND {lvl.value}", show, unit="query")
 
@@ -121,27 +135,40 @@ class Pacs:
             )
         finally:
             bar.close()
-        return self._combine(lvl, rows, queries, answers, frame is not None, criteria)
+        return self._combine(lvl, plan, answers, frame is not None, criteria)
 
     async def _find_one(self, query: KeywordQuery, split: Split, refresh: bool) -> pd.DataFrame:
         peer = str(self.node)
         if self.cache is not None and not refresh:
             cached = self.cache.get(peer, query)
             if cached is not None:
+                cached.attrs["attempts"] = 0  # nothing was sent
                 return cached
         started = dt.datetime.now(dt.UTC)
+        attempts = 0
+        policy = self.client.retry_policy
+
+        async def once(q: KeywordQuery) -> FindOutcome:
+            nonlocal attempts
+            attempts += 1
+            return await self.client.find(q, peer=self.node)
 
         async def find(q: KeywordQuery) -> FindOutcome:
-            outcome = await self.client.find(q, peer=self.node)
+            what = f"{q.level.value} C-FIND on {self.node}"
+            outcome, _ = await call_with_retries(functools.partial(once, q), policy, what)
             if self.result_cap and len(outcome.datasets) >= self.result_cap:
                 outcome.truncated = True  # a PACS that stops at a fixed count says nothing
             return outcome
 
-        if split == "auto":
-            datasets, truncated, issued = await find_with_split(find, query)
-        else:
-            outcome = await find(query)
-            datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
+        try:
+            if split == "auto":
+                datasets, truncated, issued = await find_with_split(find, query)
+            else:
+                outcome = await find(query)
+                datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
+        except DicomError as exc:
+            set_attempts(exc, attempts)  # every query of this row, windows included
+            raise
         result = to_frame(datasets, query.keys)
         result.attrs.update(
             {
@@ -151,6 +178,7 @@ class Pacs:
                 "time": started.isoformat(timespec="seconds"),
                 "truncated": truncated,
                 "queries": issued,
+                "attempts": attempts,
                 "cached": False,
             }
         )
@@ -164,53 +192,69 @@ class Pacs:
     def _combine(
         self,
         level: QueryLevel,
-        rows: list[QueryRow],
-        queries: list[KeywordQuery],
+        plan: QueryPlan,
         answers: Sequence[tuple[pd.DataFrame | None, Exception | None]],
         batch: bool,
         criteria: Mapping[str, Any],
     ) -> pd.DataFrame:
         failures = []
         parts = []
-        for row, query, (found, error) in zip(rows, queries, answers, strict=True):
+        first_error: Exception | None = None
+        answered = [(drop_duplicate_rows(f) if f is not None else None, e) for f, e in answers]
+        for row, slot in zip(plan.rows, plan.slots, strict=True):
+            found, error = answered[slot] if slot is not None else (None, row.error)
             if error is not None or found is None:
+                error = error or RuntimeError("query failed")
                 if not batch:
-                    raise error or RuntimeError("query failed")
+                    raise error
+                first_error = first_error or error
                 failures.append(
                     {
                         "row": row.index,
-                        "criteria": dict(query.criteria),
+                        "criteria": _failed_criteria(row),
                         "error": type(error).__name__,
                         "message": str(error),
+                        "attempts": attempts_of(error) if slot is not None else 0,
                     }
                 )
                 continue
             parts.append(_with_context(found, row.context))
-        if batch and failures and len(failures) == len(rows):
-            first = next(e for _, e in answers if e is not None)
-            raise first
-        keys = queries[0].keys if queries else ()
+        if batch and failures and len(failures) == len(plan.rows) and first_error is not None:
+            raise first_error
+        keys = plan.distinct[0].keys if plan.distinct else ()
         if parts:
             non_empty = [p for p in parts if len(p)] or parts[:1]
             result = pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
         else:
             result = empty_frame(keys)
-        truncated = any(bool(p.attrs.get("truncated")) for p in parts)
+        answered_frames = [f for f, _ in answered if f is not None]
+        truncated = any(bool(p.attrs.get("truncated")) for p in answered_frames)
         result.attrs = {
             "peer": str(self.node),
             "level": level.value,
-            "query": dict(criteria) if batch else dict(queries[0].criteria),
-            "rows": len(rows) if batch else None,
+            "query": dict(criteria) if batch else dict(plan.distinct[0].criteria),
+            "rows": len(plan.rows) if batch else None,
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "truncated": truncated,
             "failures": failures,
-            "cached": bool(parts) and all(bool(p.attrs.get("cached")) for p in parts),
+            # every C-FIND issued, retries included, counted once per distinct query
+            "attempts": sum(
+                (0 if f.attrs.get("cached") else int(f.attrs.get("attempts", 1)))
+                if f is not None
+                else attempts_of(e) if e is not None else 0
+                for f, e in answers
+            ),
+            "cached": bool(parts) and all(bool(p.attrs.get("cached")) for p in answered_frames),
+            "queries": sum(
+                0 if f.attrs.get("cached") else int(f.attrs.get("queries", 1))
+                for f in answered_frames
+            ),
         }
         result.attrs["query"] = {k: _plain(v) for k, v in result.attrs["query"].items()}
         if failures:
             warn(
-                f"{len(failures)} of {len(rows)} queries failed (first: {failures[0]['error']}: "
-                f"{failures[0]['message']}); see frame.attrs['failures']",
+                f"{len(failures)} of {len(plan.rows)} queries failed (first: "
+                f"{failures[0]['error']}: {failures[0]['message']}); see frame.attrs['failures']",
                 stacklevel=4,
             )
         if truncated:
@@ -248,6 +292,8 @@ class Pacs:
 
         ``find_studies(PatientID="12345", StudyDate=("2020-01-01", "2020-12-31"),
         ModalitiesInStudy="CT")``; ``return_keys=``, ``split="auto"``, ``refresh=True``.
+        A blank value or no criteria at all raises InvalidInputError;
+        ``find_studies(PatientID="*")`` asks for every study.
         """
         return run_sync(self.afind(QueryLevel.STUDY, frame, **kw))
 
@@ -394,6 +440,13 @@ def _with_context(found: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFra
     return out
 
 
+def _failed_criteria(row: QueryRow) -> dict[str, Any]:
+    """The criteria of a failed row for ``attrs["failures"]`` (blank cells as None)."""
+    if row.query is not None:
+        return dict(row.query.criteria)
+    return {k: None if is_missing(v) else _plain(v) for k, v in row.criteria.items()}
+
+
 def _plain(value: Any) -> Any:
     """JSON-friendly criteria for ``frame.attrs`` (kept through Parquet)."""
     if isinstance(value, dt.date | dt.datetime | dt.time):
@@ -417,6 +470,8 @@ def connect(
     max_pdu: int | None = None,
     result_cap: int | None = None,
     config: Settings | None = None,
+    retries: int | RetryPolicy | None = None,
+    tls: TLSConfig | bool | None = None,
 ) -> Pacs:
     """A :class:`Pacs` for notebooks.
 
@@ -425,6 +480,12 @@ def connect(
     names it.  ``cache=`` keeps query results in Parquet; ``result_cap=`` is the
     count at which your PACS silently stops answering (answers that long are then
     treated as truncated; Orthanc's own limit is detected without it).
+    ``retries=`` (default ``CLARINET_RETRIES``, 3; 0 disables) retries each query
+    and each retrieve unit after a transient network failure, with bounded
+    exponential backoff (a :class:`RetryPolicy` sets the pauses).
+    ``tls=TLSConfig(...)`` speaks DICOM TLS (queries, retrieves and the C-MOVE
+    Storage SCP); by default the ``CLARINET_TLS_*`` settings apply to the default
+    PACS, and ``tls=False`` forces plain TCP.
     Every parameter is checked at once (``InvalidInputError`` naming it and its
     rule, see :class:`DicomClient`); nothing is sent until the first call.
     """
@@ -452,7 +513,10 @@ def connect(
         timeouts=timeouts,
         max_associations=max_associations,
         config=cfg,
+        retries=retries,
+        tls=tls,
     )
+    node = client.secure(node)
     return Pacs(
         node,
         client,

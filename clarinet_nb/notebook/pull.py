@@ -5,7 +5,9 @@ IMAGE level C-FIND, so a pull knows how many instances it should bring.  A disk
 pull skips instances whose files are already there, which makes a second
 ``get`` of the same frame a resume; it writes ``manifest.parquet`` next to the
 files.  A memory pull stops early, with C-CANCEL, when what arrives projects
-past the memory limit.
+past the memory limit.  Pre-queries and retrieve units are retried after
+transient failures (:mod:`clarinet_nb.dicom.retry`); a retried unit asks only for
+the instances that have not arrived, and reports its ``attempts``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,24 @@ from pydicom import Dataset
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.client import DicomClient
 from clarinet_nb.dicom.handlers import storage_reason
-from clarinet_nb.dicom.models import DicomNode, RetrieveResult, StorageConfig, StorageMode
+from clarinet_nb.dicom.models import (
+    DicomNode,
+    RetrieveResult,
+    RetrieveStatus,
+    StorageConfig,
+    StorageMode,
+)
 from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.requests import RetrieveRequest
+from clarinet_nb.dicom.retry import (
+    attempts_of,
+    backoff,
+    call_with_retries,
+    give_up,
+    is_transient,
+    set_attempts,
+)
 from clarinet_nb.errors import DicomError, LocalStorageError, MemoryLimitError, RetrieveError
 from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.parquet import write_parquet
@@ -49,6 +65,8 @@ MANIFEST_COLUMNS = [
     "status",
     "error",
 ]
+#: per instance: how many times the retrieve unit that brought it was requested (0: present)
+ATTEMPTS_COLUMN = "attempts"
 Method = Literal["get", "move"]
 
 
@@ -91,6 +109,8 @@ class _Outcome:
     result: RetrieveResult | None = None
     error: Exception | None = None
     present: list[PlannedInstance] = field(default_factory=list)
+    attempts: int = 0
+    """Requests made for this target (its pre-query's attempts until it is retrieved)."""
 
 
 def _describe(request: RetrieveRequest) -> dict[str, Any]:
@@ -108,6 +128,7 @@ def _failure(outcome: _Outcome) -> dict[str, Any] | None:
             **_describe(outcome.request),
             "error": type(outcome.error).__name__,
             "message": str(outcome.error),
+            "attempts": max(outcome.attempts, 1),
         }
     return None
 
@@ -115,14 +136,20 @@ def _failure(outcome: _Outcome) -> dict[str, Any] | None:
 async def _plan_all(
     client: DicomClient, peer: DicomNode, targets: Sequence[RetrieveRequest], cancel: CancelToken
 ) -> list[_Outcome]:
+    policy = client.retry_policy
+
     async def plan(request: RetrieveRequest) -> _Outcome:
         outcome = _Outcome(request)
+        call = functools.partial(client.plan, request, peer=peer, cancel=cancel)
         try:
-            outcome.plan = await client.plan(request, peer=peer, cancel=cancel)
-            if not outcome.plan.instances:
+            what = f"pre-query of a {request.level.value} retrieve from {peer}"
+            found, outcome.attempts = await call_with_retries(call, policy, what)
+            outcome.plan = found
+            if not found.instances:
                 outcome.error = LookupError(f"nothing on {peer} matches {_describe(request)}")
         except DicomError as exc:
             outcome.error = exc
+            outcome.attempts = attempts_of(exc)
         return outcome
 
     return await run_bounded(client.max_associations, [functools.partial(plan, r) for r in targets])
@@ -130,6 +157,22 @@ async def _plan_all(
 
 def _subplan(plan: RetrievePlan, instances: list[PlannedInstance]) -> RetrievePlan:
     return RetrievePlan(list(instances), plan.declared_classes)
+
+
+def _split_by_series(
+    plan: RetrievePlan, instances: list[PlannedInstance]
+) -> list[tuple[RetrieveRequest, RetrievePlan]]:
+    """One instance-level request (and its sub-plan) per series of ``instances``."""
+    by_series: dict[tuple[str, str], list[PlannedInstance]] = {}
+    for inst in instances:
+        by_series.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
+    return [
+        (
+            RetrieveRequest.instances([i.sop_uid for i in insts], series, study),
+            _subplan(plan, insts),
+        )
+        for (study, series), insts in by_series.items()
+    ]
 
 
 async def _retrieve(
@@ -143,23 +186,124 @@ async def _retrieve(
     progress: SharedProgress,
     cancel: CancelToken,
     on_stored: Callable[[str, int], object] | None = None,
+    present: Callable[[PlannedInstance], bool] | None = None,
 ) -> None:
-    try:
-        outcome.result = await client.retrieve(
-            method,
-            request,
-            peer=peer,
-            storage=storage,
-            plan=plan,
-            progress=progress,
-            cancel=cancel,
-            on_stored=on_stored,
-        )
-    except RetrieveError as exc:
-        outcome.result = exc.result
-        outcome.error = exc
-    except DicomError as exc:
-        outcome.error = exc
+    """Retrieve one unit into ``outcome``; after a transient failure, retry what is missing.
+
+    A retry re-requests only the instances that have not arrived (nor, with
+    ``present``, are already stored), one instance-level request per series.
+    ``outcome.result`` always holds what arrived over every attempt so far
+    (with ``attempts``), ``outcome.error`` the error that ended them, if any.
+    """
+    policy = client.retry_policy
+    what = f"{method.upper()} of a {request.level.value} from {peer}"
+    results: list[RetrieveResult] = []
+    todo = [(request, plan)]
+    outcome.attempts = 0
+    while True:
+        outcome.attempts += 1
+        errors: list[Exception] = []
+        for req, sub in todo:
+            try:
+                results.append(
+                    await client.retrieve(
+                        method,
+                        req,
+                        peer=peer,
+                        storage=storage,
+                        plan=sub,
+                        progress=progress,
+                        cancel=cancel,
+                        on_stored=on_stored,
+                    )
+                )
+            except (RetrieveError, LocalStorageError) as exc:
+                if exc.result is not None:  # what arrived before it broke off or the disk filled
+                    results.append(exc.result)
+                errors.append(exc)
+            except DicomError as exc:
+                errors.append(exc)
+            finally:
+                outcome.result = _merged(method, request, peer, plan, results, outcome.attempts)
+        arrived = set(outcome.result.received_sop_instance_uids) if outcome.result else set()
+        missing = [
+            i
+            for i in plan.instances
+            if i.sop_uid not in arrived and not (present is not None and present(i))
+        ]
+        if not errors or not missing:
+            outcome.error = None
+            if errors and outcome.result is not None:
+                # the connection broke off after everything the pre-query listed had arrived
+                logger.info("%s: every instance arrived despite %s", what, type(errors[0]).__name__)
+                outcome.result.status = RetrieveStatus.SUCCESS
+            return
+        permanent = [e for e in errors if not is_transient(e)]
+        error = permanent[0] if permanent else errors[-1]
+        if permanent or outcome.attempts > policy.retries or cancel.cancelled:
+            if not cancel.cancelled:
+                give_up(policy, outcome.attempts, what, error)
+            set_attempts(error, outcome.attempts)
+            outcome.error = error
+            return
+        await backoff(policy, outcome.attempts, f"{what} ({len(missing)} missing)", error)
+        todo = _split_by_series(plan, missing)
+
+
+def _merged(
+    method: Method,
+    request: RetrieveRequest,
+    peer: DicomNode,
+    plan: RetrievePlan,
+    results: list[RetrieveResult],
+    attempts: int,
+) -> RetrieveResult | None:
+    """One RetrieveResult for a unit from the results of all its requests."""
+    if not results:
+        return None
+    if len(results) == 1:
+        result = results[0].model_copy()
+        result.attempts = attempts
+        return result
+    received = list(dict.fromkeys(u for r in results for u in r.received_sop_instance_uids))
+    got = set(received)
+    last = results[-1]
+    failed = [
+        u
+        for u in dict.fromkeys(u for r in results for u in r.failed_sop_instance_uids)
+        if u not in got
+    ]
+    bad = got | set(failed)
+    missing = [u for u in plan.sop_uids if u not in bad]
+    if last.status is RetrieveStatus.CANCELLED:
+        status = RetrieveStatus.CANCELLED
+    elif not failed and not missing:
+        status = RetrieveStatus.SUCCESS
+    else:
+        status = RetrieveStatus.PARTIAL if got else RetrieveStatus.FAILED
+    return RetrieveResult(
+        method=method,
+        level=request.level,
+        peer=str(peer),
+        status=status,
+        dimse_status=last.dimse_status,
+        expected=len(plan),
+        received=len(got),
+        completed=sum(r.completed for r in results),
+        failed=last.failed,
+        warning=sum(r.warning for r in results),
+        failed_sop_instance_uids=failed,
+        missing_sop_instance_uids=missing,
+        received_sop_instance_uids=received,
+        paths=[p for r in results for p in r.paths],
+        datasets=[d for r in results for d in r.datasets],
+        forwarded_sop_instance_uids=[u for r in results for u in r.forwarded_sop_instance_uids],
+        bytes_received=sum(r.bytes_received for r in results),
+        elapsed=sum(r.elapsed for r in results),
+        associations=sum(r.associations for r in results),
+        message=last.message,
+        attempts=attempts,
+    )
 
 
 class _MemoryGuard:
@@ -306,31 +450,33 @@ async def pull_to_disk(
         if not outcome.present:
             work.append((outcome, outcome.request, outcome.plan))
             continue
-        by_series: dict[tuple[str, str], list[PlannedInstance]] = {}
-        for inst in todo:
-            by_series.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
-        for (study, series), insts in by_series.items():
-            request = RetrieveRequest.instances([i.sop_uid for i in insts], series, study)
-            work.append((outcome, request, _subplan(outcome.plan, insts)))
+        for request, subplan in _split_by_series(outcome.plan, todo):
+            work.append((outcome, request, subplan))
     total = sum(len(plan) for _, _, plan in work)
     bar = SharedProgress(total, f"C-{method.upper()} to {output_dir.name or output_dir}", progress)
     storage = StorageConfig(mode=StorageMode.DISK, output_dir=output_dir)
-    results: dict[int, list[tuple[RetrieveResult | None, Exception | None]]] = {}
+    results: dict[int, list[_Outcome]] = {}
+
+    def on_disk(inst: PlannedInstance) -> bool:
+        return _path(output_dir, inst).is_file()
 
     storage_failed: list[LocalStorageError] = []
 
     async def run(outcome: _Outcome, request: RetrieveRequest, plan: RetrievePlan) -> None:
-        part = _Outcome(request)
+        part = _Outcome(request, plan)
+        results.setdefault(id(outcome), []).append(part)  # seen by an interrupt, too
         if storage_failed:  # the disk is full or read-only: do not even ask
             part.error = LocalStorageError("not retrieved: local storage had failed")
         else:
-            await _retrieve(client, peer, method, part, request, plan, storage, bar, cancel)
-        if isinstance(part.error, LocalStorageError) and part.error.result is not None:
-            part.result = part.result or part.error.result
-            if not storage_failed:
-                storage_failed.append(part.error)
-                cancel.cancel()  # stop the other retrieves of this pull too (C-CANCEL)
-        results.setdefault(id(outcome), []).append((part.result, part.error))
+            await _retrieve(
+                client, peer, method, part, request, plan, storage, bar, cancel, present=on_disk
+            )
+        failure = part.error
+        first = isinstance(failure, LocalStorageError) and not storage_failed
+        if first and isinstance(failure, LocalStorageError) and failure.result is not None:
+            storage_failed.append(failure)
+            cancel.cancel()  # stop the other retrieves of this pull too (C-CANCEL)
+        outcome.attempts = max(outcome.attempts, part.attempts)
         if part.error is not None and outcome.error is None:
             outcome.error = part.error
 
@@ -393,7 +539,7 @@ def _path(root: Path, inst: PlannedInstance) -> Path:
 def _manifest(
     root: Path,
     outcomes: list[_Outcome],
-    results: dict[int, list[tuple[RetrieveResult | None, Exception | None]]],
+    results: dict[int, list[_Outcome]],
     interrupted: bool = False,
 ) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
@@ -403,16 +549,23 @@ def _manifest(
         got: set[str] = set()
         failed: dict[str, str] = {}
         missing: dict[str, str] = {}
-        for result, error in results.get(id(outcome), []):
+        attempts: dict[str, int] = {}
+        for part in results.get(id(outcome), []):
+            result, error = part.result, part.error
+            for inst in part.plan.instances if part.plan is not None else ():
+                attempts[inst.sop_uid] = max(part.attempts, 1)
             if result is not None:
                 got.update(result.received_sop_instance_uids)
                 for uid in result.failed_sop_instance_uids:
                     failed[uid] = f"the sub-operation failed ({result.message or 'no status'})"
                 for uid in result.missing_sop_instance_uids:
                     missing[uid] = f"never arrived ({result.message or 'no status'})"
-            if error is not None and result is None:
+            if error is not None:
                 message = f"{type(error).__name__}: {error}"
-                missing.update({i.sop_uid: message for i in outcome.plan.instances})
+                planned = part.plan or outcome.plan
+                missing.update(
+                    {i.sop_uid: message for i in planned.instances if i.sop_uid not in got}
+                )
         present = {i.sop_uid for i in outcome.present}
         for inst in outcome.plan.instances:
             path = _path(root, inst)
@@ -437,11 +590,13 @@ def _manifest(
                     "path": str(path),
                     "status": status,
                     "error": error_text,
+                    ATTEMPTS_COLUMN: 0 if status == "present" else attempts.get(inst.sop_uid, 1),
                 }
             )
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    frame = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, ATTEMPTS_COLUMN])
     for column in MANIFEST_COLUMNS:
         frame[column] = frame[column].astype(pd.StringDtype("pyarrow"))
+    frame[ATTEMPTS_COLUMN] = frame[ATTEMPTS_COLUMN].astype("int64")
     frame.attrs["output_dir"] = str(root)
     frame.attrs["time"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return frame

@@ -7,13 +7,15 @@
 - :class:`Peer`: the read-only view of a peer that tests use.
 - :class:`FaultProxy`, :class:`PeerFreezer`: fault injection (cut/stall a
   connection, freeze/kill a peer).
+- :class:`OrthancTLS`: DICOM TLS for a test Orthanc; ``clarinet_nb.testing.certs``
+  makes the CA and certificates (it needs the ``cryptography`` test dependency).
 """
 
 from clarinet_nb.testing.cohort import Cohort, CohortInstance, generate_bulk, generate_cohort
 from clarinet_nb.testing.dcmqrscp import DcmqrscpServer
 from clarinet_nb.testing.faults import FaultProxy, PeerFreezer
 from clarinet_nb.testing.loading import store_files
-from clarinet_nb.testing.orthanc import OrthancServer
+from clarinet_nb.testing.orthanc import OrthancServer, OrthancTLS
 from clarinet_nb.testing.peer import Peer, PeerProcess, echo
 from clarinet_nb.testing.ports import free_port
 
@@ -23,6 +25,7 @@ __all__ = [
     "DcmqrscpServer",
     "FaultProxy",
     "OrthancServer",
+    "OrthancTLS",
     "Peer",
     "PeerFreezer",
     "PeerProcess",

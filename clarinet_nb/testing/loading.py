@@ -13,6 +13,7 @@ from pynetdicom.presentation import PresentationContext
 
 from clarinet_nb.dicom.association import open_association
 from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.errors import DicomError
 
 __all__ = ["MAX_CONTEXTS", "store_files"]
@@ -67,6 +68,7 @@ def store_files(
     port: int,
     paths: Iterable[Path | str],
     calling_aet: str = "LOADER",
+    tls: TLSConfig | None = None,
 ) -> int:
     """C-STORE every file in ``paths`` to the SCP ``aet`` at ``host:port``.
 
@@ -74,7 +76,7 @@ def store_files(
     one association per group of at most :data:`MAX_CONTEXTS` distinct
     (SOP class, transfer syntax) pairs. Returns the number of files stored;
     raises :class:`RuntimeError` if an association fails or any store does
-    not end with a success or warning status.
+    not end with a success or warning status.  ``tls``: over DICOM TLS.
     """
     keyed = [(_context_key(Path(p)), Path(p)) for p in paths]
     stored = 0
@@ -90,7 +92,7 @@ def store_files(
                 # a C-STORE response now and then), TCP_NODELAY set
                 assoc = open_association(
                     ae,
-                    DicomNode(aet=aet, host=host, port=port),
+                    DicomNode(aet=aet, host=host, port=port, tls=tls),
                     contexts=contexts,
                     purpose="C-STORE load",
                     carries_instances=True,

@@ -4,14 +4,52 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clarinet_nb.dicom.tls import TLSConfig
 from clarinet_nb.testing.peer import HOST, PeerProcess
 from clarinet_nb.testing.ports import free_port
 
-__all__ = ["OrthancServer"]
+__all__ = ["OrthancServer", "OrthancTLS"]
+
+
+@dataclass(frozen=True)
+class OrthancTLS:
+    """DICOM TLS for a test Orthanc (configuration keys of Orthanc >= 1.9.3).
+
+    Orthanc then speaks only TLS on its DICOM port: ``certificate`` /
+    ``private_key`` (PEM, key unencrypted) are what it presents, ``trusted``
+    the CA certificates it accepts from clients (and from the move destinations
+    it connects to), ``remote_certificate_required`` refuses clients without a
+    certificate.  ``client`` is how the test rig itself reaches it (readiness
+    C-ECHO, loading).  ``move_destinations`` names the move destinations Orthanc
+    reaches over TLS (``"UseDicomTls": true``); None: all of them.
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted: Path
+    client: TLSConfig
+    remote_certificate_required: bool = True
+    move_destinations: Collection[str] | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The Orthanc configuration keys."""
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(self.certificate),
+            "DicomTlsPrivateKey": str(self.private_key),
+            "DicomTlsTrustedCertificates": str(self.trusted),
+            "DicomTlsRemoteCertificateRequired": self.remote_certificate_required,
+        }
+
+    def for_destination(self, name: str) -> bool:
+        """True when Orthanc C-STOREs to move destination ``name`` over TLS."""
+        return self.move_destinations is None or name in self.move_destinations
+
 
 #: calling AE titles of our own start-up echo and loader
 INTERNAL_CLIENTS = ("ECHOSCU", "LOADER")
@@ -52,6 +90,7 @@ class OrthancServer(PeerProcess):
         http: bool = False,
         lua: str = "",
         loopback_clients: Sequence[str] | None = None,
+        tls: OrthancTLS | None = None,
     ) -> None:
         super().__init__(workdir, aet=aet, port=port or free_port(), tuned=tuned)
         self._http_port = free_port()
@@ -65,6 +104,8 @@ class OrthancServer(PeerProcess):
         self._lua = lua
         self._loopback_clients = list(loopback_clients) if loopback_clients is not None else None
         self._binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        self.tls = tls
+        self.client_tls = tls.client if tls is not None else None
 
     def _lua_path(self) -> Path:
         """A Lua script (``lua=``) Orthanc loads, e.g. an ``IncomingFindRequestFilter``."""
@@ -125,15 +166,22 @@ class OrthancServer(PeerProcess):
             "ConcurrentJobs": 2,
             "SaveJobs": False,
             "HttpVerbose": False,
+            **(self.tls.config() if self.tls is not None else {}),
         }
 
-    def _modalities(self) -> dict[str, list[str | int]]:
-        modalities: dict[str, list[str | int]] = {
-            name: [aet, host, port] for name, (aet, host, port) in self._move_destinations.items()
-        }
+    def _modalities(self) -> dict[str, Any]:
+        modalities: dict[str, Any] = {}
+        for name, (aet, host, port) in self._move_destinations.items():
+            if self.tls is not None and self.tls.for_destination(name):
+                modalities[name] = {"AET": aet, "Host": host, "Port": port, "UseDicomTls": True}
+            else:
+                modalities[name] = [aet, host, port]
         if self._loopback_clients is None:
             return modalities
-        known = {str(entry[0]) for entry in modalities.values()}
+        known = {
+            str(entry["AET"] if isinstance(entry, dict) else entry[0])
+            for entry in modalities.values()
+        }
         for aet in [*self._loopback_clients, *INTERNAL_CLIENTS]:
             if aet not in known:
                 # a client only: the port is never called (C-MOVE to it would fail)

@@ -19,6 +19,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol, Self, runtime_checkable
@@ -26,6 +27,7 @@ from typing import IO, Protocol, Self, runtime_checkable
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from clarinet_nb.dicom.tls import TLSConfig, client_tls
 from clarinet_nb.testing.loading import store_files
 
 __all__ = ["Peer", "PeerProcess", "echo", "log_tail"]
@@ -38,6 +40,8 @@ STOP_TIMEOUT = 15.0
 _POLL_INTERVAL = 0.05
 
 _live: set[PeerProcess] = set()  # running peers, killed at interpreter exit
+# one long-lived thread for starts that must not block the caller (restart_in_background)
+_launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peer-launcher")
 
 
 @runtime_checkable
@@ -64,14 +68,21 @@ class Peer(Protocol):
 
 
 def echo(
-    aet: str, host: str, port: int, *, calling_aet: str = "ECHOSCU", timeout: float = 5.0
+    aet: str,
+    host: str,
+    port: int,
+    *,
+    calling_aet: str = "ECHOSCU",
+    timeout: float = 5.0,
+    tls: TLSConfig | None = None,
 ) -> bool:
-    """Return True if a C-ECHO to ``aet`` at ``host:port`` succeeds."""
+    """Return True if a C-ECHO to ``aet`` at ``host:port`` succeeds (over TLS with ``tls``)."""
     ae = AE(ae_title=calling_aet)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    assoc = ae.associate(host, port, ae_title=aet)
+    tls_args = client_tls(tls, host).tls_args if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=aet, tls_args=tls_args)
     if not assoc.is_established:
         return False
     try:
@@ -139,6 +150,8 @@ class PeerProcess(ABC):
     kind: str = "peer"
     #: :meth:`load` restarts a stock peer tuned for at least this many files.
     FAST_LOAD_MIN_FILES: int = 100
+    #: how the rig itself (readiness C-ECHO, :meth:`load`) reaches a DICOM TLS peer
+    client_tls: TLSConfig | None = None
 
     def __init__(self, workdir: Path, *, aet: str, port: int, tuned: bool) -> None:
         self._workdir = Path(workdir)
@@ -246,7 +259,7 @@ class PeerProcess(ABC):
             if code is not None:
                 raise RuntimeError(f"{self.name} exited with code {code} while starting"
                                    f"{self._logs()}")  # fmt: skip
-            if _listening(self._port) and echo(self._aet, HOST, self._port):
+            if _listening(self._port) and echo(self._aet, HOST, self._port, tls=self.client_tls):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -306,6 +319,26 @@ class PeerProcess(ABC):
         self.stop()
         self.start()
 
+    def start_in_background(self) -> Future[None]:
+        """:meth:`start` from the rig's launcher thread; the Future completes once it answers.
+
+        The launcher thread lives as long as the process, so ``PR_SET_PDEATHSIG``
+        (which follows the thread that started a peer) does not end the peer.
+        """
+        return _launcher.submit(self.start)
+
+    def restart_in_background(self, *, kill: bool = False) -> Future[None]:
+        """Stop now (SIGKILL with ``kill``) and :meth:`start_in_background` the same peer.
+
+        Returns while the peer is down; it comes back with the same ports,
+        storage and configuration.
+        """
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start_in_background()
+
     def load(self, paths: Iterable[Path | str], *, fast: bool | None = None) -> int:
         """C-STORE ``paths`` into the running peer; returns the number stored.
 
@@ -321,12 +354,12 @@ class PeerProcess(ABC):
         if fast is None:
             fast = len(files) >= self.FAST_LOAD_MIN_FILES
         if self._tuned or not fast:
-            return store_files(self._aet, HOST, self._port, files)
+            return store_files(self._aet, HOST, self._port, files, tls=self.client_tls)
         self.stop()
         self._tuned = True
         try:
             self.start()
-            return store_files(self._aet, HOST, self._port, files)
+            return store_files(self._aet, HOST, self._port, files, tls=self.client_tls)
         finally:
             self.stop()
             self._tuned = False

@@ -202,6 +202,12 @@ def _table_html(frame: pd.DataFrame, level: str, limit: int) -> str:
     )
 
 
+NO_CRITERIA_MESSAGE = (
+    "Fill in at least one field (for example Patient ID), or type * in Patient ID "
+    "to list everything."
+)
+
+
 def status_message(exc: BaseException, peer: str) -> str:
     """A plain-language sentence for an error (no traceback)."""
     text = str(exc).strip() or type(exc).__name__
@@ -550,6 +556,10 @@ class QueryBuilder(widgets.VBox):  # type: ignore[misc]
         level = str(self.level.value)
         try:
             kwargs = self.query_kwargs()
+            if not kwargs:  # a blank form never lists the whole PACS
+                self.error = None
+                self._set_status(NO_CRITERIA_MESSAGE, "error")
+                return
             build_query(level, kwargs)  # validate here: bad input never reaches the network
         except InvalidInputError as exc:
             self._fail(exc)
