@@ -483,7 +483,7 @@ def test_notebook_pull_on_a_full_disk_keeps_the_manifest(
     out = mount_point("nb-full", size="160k")
     pacs = _pacs(victim_server, scp_port)
     try:
-        studies = pacs.find_studies()
+        studies = pacs.find_studies(PatientID="*")
         assert len(studies) == 2
         with pytest.raises(LocalStorageError) as caught:
             pacs.get(studies, output_dir=out, progress=False)
@@ -569,7 +569,7 @@ def test_notebook_pull_into_a_read_only_folder(
     out = mount_point("nb-ro", read_only=True)
     pacs = _pacs(victim_server, scp_port)
     try:
-        studies = pacs.find_studies()
+        studies = pacs.find_studies(PatientID="*")
         with pytest.raises(LocalStorageError, match="could NOT be written") as caught:
             pacs.get(studies, output_dir=out, progress=False)
         with pytest.raises(LocalStorageError, match="cannot create output_dir"):
@@ -599,7 +599,7 @@ def test_read_only_cache_and_metadata_folders(
     pacs = cnb.connect(node_of(victim_server), scp_port=scp_port, timeouts=QUICK, cache=ro)
     try:
         with caplog.at_level("WARNING", logger="clarinet_nb"):
-            studies = pacs.find_studies()
+            studies = pacs.find_studies(PatientID="*")
         assert sorted(studies["StudyInstanceUID"]) == sorted(bulk.studies())
         assert "could not write the query cache" in caplog.text
         out = tmp_path / "out"
