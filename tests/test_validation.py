@@ -56,6 +56,9 @@ BAD_CONNECT: list[tuple[dict[str, Any], str]] = [
     ({"cache": ""}, "cache"),
     ({"cache": 3}, "cache"),
     ({"config": {"dicom_aet": "X"}}, "config"),
+    ({"retries": -1}, "retries"),
+    ({"retries": "3"}, "retries"),
+    ({"tls": "yes"}, "tls"),
 ]
 
 
