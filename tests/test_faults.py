@@ -71,14 +71,23 @@ def scp_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def proxied_scp_port() -> int:
+    """Where Orthanc sends C-MOVE instances for the AE title PROXIED: a FaultProxy."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def victim_server(
-    tmp_path_factory: pytest.TempPathFactory, bulk: Cohort, scp_port: int
+    tmp_path_factory: pytest.TempPathFactory, bulk: Cohort, scp_port: int, proxied_scp_port: int
 ) -> Iterator[OrthancServer]:
     """A tuned Orthanc the tests may freeze or kill (restarted when a test killed it)."""
     server = OrthancServer(
         tmp_path_factory.mktemp("orthanc-victim"),
         tuned=True,
-        move_destinations={"clarinet": ("CLARINET", "127.0.0.1", scp_port)},
+        move_destinations={
+            "clarinet": ("CLARINET", "127.0.0.1", scp_port),
+            "proxied": ("PROXIED", "127.0.0.1", proxied_scp_port),
+        },
     )
     with server:
         assert server.load(bulk.paths()) == len(bulk.instances)
@@ -318,6 +327,42 @@ async def test_connection_cut_mid_pdu_or_stalled_mid_retrieve(
         assert 0 < result.received <= PER_STUDY and result.dimse_status is None
     else:
         assert 0 < result.received < PER_STUDY
+    assert_files_match(tmp_path, result)
+    assert_no_association_left()
+    assert port_is_free(scp_port)
+
+
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+async def test_move_sub_association_cut_or_stalled_mid_pdu(
+    victim: PeerFreezer,
+    victim_server: OrthancServer,
+    bulk: Cohort,
+    scp_port: int,
+    proxied_scp_port: int,
+    tmp_path: Path,
+    fault: Literal["cut", "stall"],
+) -> None:
+    """Orthanc's own association to our Storage SCP (C-STOREs of a C-MOVE) goes through
+    the proxy: it is reset inside the 9th PDU Orthanc sends, or stops being forwarded
+    there (our SCP is then left waiting inside a PDU, and must still shut down)."""
+    study = study_of(bulk, 1)
+    stored = AfterK(10**9, lambda: None)
+    with FaultProxy("127.0.0.1", scp_port, port=proxied_scp_port) as proxy:
+        trigger = proxy.arm(fault, direction="from_client", pdu_number=9, offset=10)
+        client = DicomClient("PROXIED", scp_port=scp_port, timeouts=QUICK)
+        try:
+            with pytest.raises(PartialRetrieveError) as caught:
+                await client.move_study(
+                    study, peer=node_of(victim_server), output_dir=tmp_path, on_stored=stored
+                )
+        finally:
+            client.close()
+        assert trigger.fired.is_set()
+    result = caught.value.result
+    assert result.received_sop_instance_uids == stored.seen
+    assert 0 < result.received < PER_STUDY
+    if fault == "stall":
+        assert isinstance(caught.value.__cause__, DicomTimeoutError)
     assert_files_match(tmp_path, result)
     assert_no_association_left()
     assert port_is_free(scp_port)

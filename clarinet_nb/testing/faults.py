@@ -270,14 +270,15 @@ class _Link(threading.Thread):
 class FaultProxy:
     """A loopback TCP proxy to ``upstream`` (host, port) that cuts or stalls on command.
 
-    Use as a context manager; connect clients to ``proxy.host:proxy.port``.
+    Use as a context manager; connect clients to ``proxy.host:proxy.port`` (``port``:
+    a free one by default, or the one a peer was configured to call).
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, port: int = 0) -> None:
         self.upstream = (upstream_host, upstream_port)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((_LOOPBACK, 0))
+        self._listener.bind((_LOOPBACK, port))
         self._listener.listen(16)
         self.host = _LOOPBACK
         self.port: int = self._listener.getsockname()[1]
