@@ -135,6 +135,23 @@ def mount_point(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.fixture(autouse=True)
+def no_thread_left() -> Iterator[None]:
+    """Every thread a fault test starts ends with it (bounded join, no sleep)."""
+    before = set(threading.enumerate())
+    yield
+    # the sync API's loop, asyncio's executor, tqdm's global monitor
+    lasting = ("clarinet-nb-loop", "asyncio_", "tqdm_monitor")
+    new = [
+        t
+        for t in threading.enumerate()
+        if t not in before and not t.name.startswith(lasting)
+    ]
+    for thread in new:
+        thread.join(JOIN_DEADLINE)
+    assert [t.name for t in new if t.is_alive()] == []
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 
