@@ -4,6 +4,7 @@ front: a typed ``InvalidInputError`` naming the parameter, before any thread or 
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,13 @@ async def test_unresolvable_host_is_unreachable(silent_listener: ConnectionCount
     async with DicomClient(timeouts=Timeouts(connect=5)) as client:
         with pytest.raises(PeerUnreachableError, match="unknown host name"):
             await client.echo(nowhere)
+    pacs = cnb.connect(f"PACS@no-such-host.invalid:{silent_listener.port}", retries=3)
+    try:
+        with pytest.raises(PeerUnreachableError) as caught:
+            pacs.echo()  # an unknown name is permanent: not retried
+    finally:
+        pacs.close()
+    assert isinstance(caught.value.__cause__, socket.gaierror)
     silent_listener.close()
     assert silent_listener.accepted == []
 
