@@ -126,10 +126,12 @@ def _make_recv(raw: socket.socket, assoc: Association | None = None) -> Any:
         ``network_timeout`` without a byte.
         """
         started = time.monotonic()
+        poller = select.poll()  # not select(): no limit on the descriptor number
+        poller.register(raw, select.POLLIN | select.POLLPRI)
         while True:
             if assoc is not None and (assoc._kill or assoc.dul._kill_thread):
                 raise ConnectionAbortedError("the association was aborted while reading a PDU")
-            if select.select([raw], [], [], _STALL_POLL)[0]:
+            if poller.poll(_STALL_POLL * 1000):
                 return
             if limit and time.monotonic() - started >= limit:
                 raise TimeoutError(f"no data for {limit:g} s (network_timeout) inside a PDU")
