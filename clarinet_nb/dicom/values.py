@@ -85,8 +85,8 @@ def parse_dicom_date(value: str | dt.date | dt.datetime) -> dt.date:
             try:
                 return dt.date(int(match[1]), int(match[2]), int(match[3]))
             except ValueError as exc:
-                raise InvalidInputError(f"{value!r} is not a valid date: {exc}") from None
-    raise InvalidInputError(f"{value!r} is not a date (use YYYYMMDD, YYYY-MM-DD or a date)")
+                raise InvalidInputError(f"not a valid date: {exc}") from None  # no value: PHI
+    raise InvalidInputError("not a date (use YYYYMMDD, YYYY-MM-DD or a date)")
 
 
 def format_da(value: dt.date) -> str:

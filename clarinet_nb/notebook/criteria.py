@@ -168,7 +168,7 @@ def _iterable(keyword: str, value: Any) -> Iterable[Any]:
         listed = value.tolist()
         if isinstance(listed, list):
             return listed
-    raise InvalidInputError(f"{keyword}: cannot match on {value!r}")
+    raise InvalidInputError(f"{keyword}: cannot match on a {type(value).__name__}")
 
 
 def _text(keyword: str, value: str) -> str:
