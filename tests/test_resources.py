@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,33 @@ def settle(baseline: Snapshot, limit: float = 30.0) -> Snapshot:
         if thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
     return snapshot()
+
+
+class _FindCounter(logging.Handler):
+    """Counts pynetdicom's "Sending Find Request" INFO records: C-FINDs really sent."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+        self._lock_count = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Sending Find Request"):
+            with self._lock_count:
+                self.count += 1
+
+
+@contextmanager
+def count_find_requests() -> Iterator[_FindCounter]:
+    logger = logging.getLogger("pynetdicom")
+    counter, level = _FindCounter(), logger.level
+    logger.addHandler(counter)
+    logger.setLevel(logging.INFO)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- the work
@@ -330,10 +359,13 @@ def test_no_growth_after_1000_queries_and_50_pulls(
         now = snapshot()
         extra = len(now.threads - baseline.threads)
         assert extra <= 3 * MAX_ASSOCIATIONS, now.describe(baseline)  # three open clients
+        assert extra >= 1, "the open clients' worker threads are not seen: measuring is blind"
         assert now.os_threads <= baseline.os_threads + 3 * MAX_ASSOCIATIONS
 
-    tally = session(QUERIES, PULLS, tmp_path / "run", while_open)
+    with count_find_requests() as sent:
+        tally = session(QUERIES, PULLS, tmp_path / "run", while_open)
     assert tally.queries == QUERIES
+    assert sent.count >= QUERIES, "fewer C-FIND requests went out than the test counts"
     assert tally.cancelled == 10 and tally.failed == 15
     assert tally.kinds is not None
     assert {"cancelled:get:mem", "cancelled:move:disk", "failed:move:mem", "ok:get:disk"} <= (
