@@ -828,3 +828,21 @@ def test_names_emptied_by_a_latin1_peer_are_detected() -> None:
         )
         assert not names_look_emptied(received(kept, syntax))
         assert not names_look_emptied(received(hostile_bytes(syntax, None, {}), syntax))
+
+
+@PROPERTY
+@given(st.lists(hostile(), min_size=2, max_size=6))
+def test_rows_read_the_same_alone_and_in_one_frame(
+    cases: list[tuple[Syntax, bytes | None, dict[str, bytes]]],
+) -> None:
+    """A frame's columns are converted together: one odd row must not change another's cells
+    (nor make the column raise)."""
+    datasets = [received(hostile_bytes(*case), case[0]) for case in cases]
+    together = to_frame(datasets, [])
+    assert len(together) == len(cases)
+    for n, case in enumerate(cases):
+        alone = to_frame([received(hostile_bytes(*case), case[0])], [])
+        for keyword in alone.columns:
+            assert cell(together.iloc[n], keyword) == cell(alone.iloc[0], keyword), keyword
+        for keyword in set(together.columns) - set(alone.columns):
+            assert cell(together.iloc[n], keyword) is None, keyword
