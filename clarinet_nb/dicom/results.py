@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.tag import BaseTag
 
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.dicom.values import element_to_python
@@ -37,23 +39,19 @@ class _Result(BaseModel):
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> _Result:
-        """Build a result from a C-FIND response identifier (values never trusted)."""
+        """Build a result from a C-FIND response identifier (values never trusted).
+
+        Never raises on what a peer sent: an unusable value is ``None`` (``[]`` for lists).
+        """
         attributes: dict[str, Any] = {}
-        for elem in ds:
-            keyword = elem.keyword
+        for elem in ds.elements():  # raw elements stay raw until converted here
+            keyword = keyword_for_tag(elem.tag)
             if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
                 continue
-            attributes[keyword] = element_to_python(elem)
+            attributes[keyword] = element_to_python(elem, ds)
         fields: dict[str, Any] = {}
         for keyword, name in cls.fields_by_keyword.items():
-            value = attributes.get(keyword)
-            annotation = cls.model_fields[name].annotation
-            if annotation == list[str]:
-                value = [] if value is None else ([value] if isinstance(value, str) else value)
-                value = [str(v) for v in value]
-            elif isinstance(value, list):
-                value = "\\".join(str(v) for v in value) if annotation == str | None else None
-            fields[name] = value
+            fields[name] = _fit(attributes.get(keyword), cls.model_fields[name].annotation)
         return cls.model_validate({**fields, "attributes": attributes})
 
     def __getitem__(self, keyword: str) -> Any:
@@ -177,6 +175,25 @@ def result_model_for(level: QueryLevel) -> type[_Result]:
     return _BY_LEVEL[level]
 
 
+def _fit(value: Any, annotation: Any) -> Any:
+    """``value`` if it has the field's type, else ``None`` (``[]`` for list fields)."""
+    if annotation == list[str]:
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return [value] if isinstance(value, str) else []
+    expected = {
+        dt.date | None: dt.date,
+        dt.time | None: dt.time,
+        int | None: int,
+        str | None: str,
+    }.get(annotation)
+    if expected is None or not isinstance(value, expected) or isinstance(value, bool):
+        return None
+    if expected is dt.date and isinstance(value, dt.datetime):
+        return value.date()
+    return value
+
+
 def names_look_emptied(ds: Dataset) -> bool:
     """True when a person name came back as separators only (``^``, ``=``).
 
@@ -184,9 +201,22 @@ def names_look_emptied(ds: Dataset) -> bool:
     name (e.g. Orthanc with ``DefaultEncoding`` Latin1 and a Japanese name) sends.
     """
     for raw in ds.elements():  # raw elements: only PN values get decoded
-        if raw.VR == "PN":
-            value = ds[raw.tag].value
+        if _is_person_name(raw.tag, raw.VR):
+            try:
+                value = ds[raw.tag].value
+            except Exception:  # noqa: BLE001 - a malformed name is not an emptied one
+                continue
             text = str(value) if value else ""
-            if text and not text.strip("^= "):
+            if text and not text.strip("^= \x00"):
                 return True
     return False
+
+
+def _is_person_name(tag: BaseTag | int, vr: str | None) -> bool:
+    """A PN element, also in Implicit VR where the raw element carries no VR."""
+    if vr is not None and vr != "UN":
+        return vr == "PN"
+    try:
+        return dictionary_VR(tag) == "PN"
+    except KeyError:
+        return False

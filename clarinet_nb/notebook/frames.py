@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import math
-import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +44,7 @@ from pydicom.datadict import (
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 
-from clarinet_nb.dicom.values import parse_da, parse_dt
+from clarinet_nb.dicom.values import parse_da, parse_ds, parse_dt, parse_is, tm_parts
 from clarinet_nb.errors import InvalidInputError
 
 __all__ = [
@@ -90,12 +89,12 @@ _SIMPLE_CHARSETS: Final = {
     "ISO_IR 192": "utf-8",
 }
 _CHARSET_TAG: Final = 0x00080005
+_ESC: Final = 0x1B
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _NAT_NS: Final = np.iinfo(np.int64).min
 _NS_MIN: Final = np.datetime64(pd.Timestamp.min.ceil("us"), "us")
 _NS_MAX: Final = np.datetime64(pd.Timestamp.max.floor("us"), "us")
-_TM_RE: Final = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?")
 
 
 class Kind(Enum):
@@ -360,7 +359,7 @@ def _cell(
             if spec.raw == "ascii":
                 return _split_text(raw.decode("latin-1"), spec)
             if spec.raw == "text":
-                if codec is not None:
+                if codec is not None and _ESC not in raw:  # escapes: pydicom's decoder
                     return _split_text(raw.decode(codec, "replace"), spec)
             else:
                 return _unpack(raw, elem.is_little_endian, spec)
@@ -381,13 +380,23 @@ def _is_bulk_raw(elem: RawDataElement, spec: ColumnSpec) -> bool:
 
 
 def _split_text(text: str, spec: ColumnSpec) -> str | list[str | None] | None:
-    """A decoded value stripped of padding; split on backslash when multi-valued."""
-    text = text.strip(" \x00")
-    if not text:
-        return None
+    """A decoded value stripped of padding; split on backslash when multi-valued.
+
+    Person names also lose trailing empty component groups (``A^B=`` is ``A^B``), as
+    pydicom reads them.
+    """
     if not spec.multi:
-        return text
-    return [part.strip(" \x00") or None for part in text.split("\\")]
+        return _strip(text, spec)
+    items = [_strip(part, spec) for part in text.split("\\")]
+    return items if any(item is not None for item in items) else None
+
+
+def _strip(text: str, spec: ColumnSpec) -> str | None:
+    """One value without its padding (``None`` when empty)."""
+    text = text.strip(" \x00")
+    if spec.vr == "PN" and text.endswith("="):
+        text = text.rstrip("=").strip(" \x00")
+    return text or None
 
 
 def _unpack(raw: bytes, little_endian: bool, spec: ColumnSpec) -> Any:
@@ -414,7 +423,7 @@ def _from_value(value: Any, spec: ColumnSpec) -> Any:
     if isinstance(value, MultiValue | list | tuple):
         items = [_scalar(v, spec.kind) for v in value]
         if spec.multi:
-            return items or None
+            return items if any(item is not None for item in items) else None
         if spec.kind in (Kind.TEXT, Kind.BYTES):
             return "\\".join(v if isinstance(v, str) else "" for v in items) or None
         return _FAILED if items else None
@@ -514,10 +523,7 @@ def _floats(cells: list[Any]) -> tuple[Any, int]:
 def _to_int(value: Any) -> int | None:
     """An int within int64 range, or None."""
     if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            value = _to_float(value)
+        return parse_is(value)
     if isinstance(value, float):
         value = int(value) if value.is_integer() else None
     if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
@@ -526,9 +532,11 @@ def _to_int(value: Any) -> int | None:
 
 
 def _to_float(value: Any) -> float | None:
-    """A finite-or-infinite float (NaN and malformed -> None)."""
+    """A float: DS text finite only (``nan``, ``1e400`` -> None), binary NaN -> None."""
     if value is None:
         return None
+    if isinstance(value, str):
+        return parse_ds(value)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -539,7 +547,9 @@ def _to_float(value: Any) -> float | None:
 def _dates(cells: list[Any]) -> tuple[Any, int]:
     """DA strings -> datetime64[ns]; 8 digits vectorised, old forms one by one."""
     texts = [c if isinstance(c, str) else None for c in cells]
-    strict = [t if t is not None and len(t) == 8 and t.isdigit() else None for t in texts]
+    strict = [
+        t if t is not None and len(t) == 8 and t.isascii() and t.isdigit() else None for t in texts
+    ]
     parsed = pd.to_datetime(pd.Series(strict, dtype=object), format="%Y%m%d", errors="coerce")
     out = _to_ns(parsed.to_numpy(dtype="datetime64[us]"))
     others = [i for i, t in enumerate(texts) if t is not None and strict[i] is None]
@@ -581,15 +591,11 @@ def _to_ns(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _time_ns(text: str) -> int | None:
-    """A TM value (``HH[MM[SS[.F]]]``, colons tolerated) as ns since midnight."""
-    match = _TM_RE.fullmatch(text.strip().replace(":", ""))
-    if not match:
+    """A TM value (``HH[MM[SS[.F]]]``, ACR-NEMA colons tolerated) as ns since midnight."""
+    parts = tm_parts(text)
+    if parts is None:
         return None
-    hour, minute, second, frac = match.groups()
-    h, m, s = int(hour), int(minute or 0), int(second or 0)
-    if h > 23 or m > 59 or s > 60 or (second is None and frac is not None):
-        return None
-    micro = int((frac or "").ljust(6, "0"))
+    h, m, s, micro = parts
     return ((h * 60 + m) * 60 + s) * 1_000_000_000 + micro * 1_000
 
 
