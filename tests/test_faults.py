@@ -673,3 +673,65 @@ def test_read_only_cache_and_metadata_folders(
     manifest = caught.value.manifest
     assert manifest is not None and set(manifest["status"]) == {"retrieved"}
     assert len(list(out.rglob("*.dcm"))) == PER_STUDY == len(manifest)
+
+
+# -- the fault injector itself ---------------------------------------------------------
+
+
+def _pdu(kind: int, body: bytes) -> bytes:
+    return bytes([kind, 0]) + len(body).to_bytes(4, "big") + body
+
+
+def test_proxy_cuts_inside_the_chosen_pdu_with_a_reset() -> None:
+    """The proxy forwards exactly up to the trigger (here 10 bytes into the 3rd P-DATA
+    PDU, which arrives split across reads) and then resets both sides."""
+    stream = _pdu(0x02, b"a" * 50) + b"".join(_pdu(P_DATA_TF, bytes([i]) * 300) for i in range(5))
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            for i in range(0, len(stream), 97):  # PDUs straddle the reads
+                try:
+                    conn.sendall(stream[i : i + 97])
+                except OSError:
+                    break
+            done.wait(JOIN_DEADLINE)
+
+    sender = threading.Thread(target=serve)
+    sender.start()
+    with FaultProxy("127.0.0.1", server.getsockname()[1]) as proxy:
+        trigger = proxy.arm("cut", pdu_number=3, offset=10)
+        client = socket.create_connection((proxy.host, proxy.port))
+        got = bytearray()
+        with pytest.raises(ConnectionResetError):
+            while chunk := client.recv(4096):
+                got += chunk
+        client.close()
+        assert trigger.fired.is_set()
+    done.set()
+    sender.join()
+    server.close()
+    third = len(_pdu(0x02, b"a" * 50)) + 2 * len(_pdu(P_DATA_TF, b"x" * 300))
+    assert bytes(got) == stream[: third + 10]
+
+
+def test_proxy_stall_holds_the_connection_open() -> None:
+    """After a stall nothing more is forwarded, yet the connection is not closed."""
+    server = socket.create_server(("127.0.0.1", 0))
+    with FaultProxy("127.0.0.1", server.getsockname()[1]) as proxy:
+        trigger = proxy.arm("stall", direction="from_client", after_bytes=5)
+        client = socket.create_connection((proxy.host, proxy.port))
+        conn, _ = server.accept()
+        client.sendall(b"0123456789")
+        conn.settimeout(JOIN_DEADLINE)
+        assert conn.recv(100) == b"01234"
+        assert trigger.fired.wait(JOIN_DEADLINE)
+        conn.settimeout(0.5)  # bounded read of what must never come
+        with pytest.raises(TimeoutError):
+            conn.recv(100)
+        assert proxy.bytes_forwarded("from_client") == 5
+        client.close()
+        conn.close()
+    server.close()

@@ -60,7 +60,8 @@ class Trigger:
     before the PDU, ``offset=10`` cuts inside it (after the 6-byte header and 4
     bytes of the body).  ``connection`` is the index of the proxied connection
     (0 = the first accepted after the proxy started); None matches any.  A
-    trigger fires once; ``fired`` is set after its action ran.
+    trigger fires once; ``fired`` is set when it fires (after a callback ran, just
+    before a reset).
     """
 
     action: Action
@@ -225,8 +226,8 @@ class _Link(threading.Thread):
                 direction.replace("_", " "),
             )
             if trig.action == "cut":
+                trig.fired.set()  # before the reset: whoever sees the reset sees it fired
                 self._cut()
-                trig.fired.set()
                 return False
             if trig.action == "stall":
                 self.stalled = True
