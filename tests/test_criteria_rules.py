@@ -51,8 +51,18 @@ def blank_id(value: Any) -> str:
 
 
 @pytest.mark.parametrize("blank", BLANKS, ids=blank_id)
-@pytest.mark.parametrize("keyword", ["PatientID", "PatientName", "StudyDate", "StudyInstanceUID",
-                                     "ModalitiesInStudy", "AccessionNumber", "SeriesNumber"])
+@pytest.mark.parametrize(
+    "keyword",
+    [
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "AccessionNumber",
+        "SeriesNumber",
+    ],
+)
 def test_a_blank_keyword_value_is_refused_naming_the_keyword(keyword: str, blank: Any) -> None:
     with pytest.raises(InvalidInputError, match=f"^{keyword}: .*blank") as caught:
         build_query("STUDY", {"PatientID": "P1", keyword: blank})

@@ -110,9 +110,7 @@ def test_blank_keyword_criteria_raise_before_any_traffic(
 
 
 def test_star_asks_for_everything(pacs: cnb.Pacs, cohort: Cohort) -> None:
-    assert sorted(pacs.find_studies(PatientID="*")["StudyInstanceUID"]) == sorted(
-        cohort.studies()
-    )
+    assert sorted(pacs.find_studies(PatientID="*")["StudyInstanceUID"]) == sorted(cohort.studies())
 
 
 def test_values_the_standard_forbids_never_reach_the_peer(pacs: cnb.Pacs) -> None:
@@ -213,8 +211,9 @@ def test_a_duplicated_row_is_queried_once_and_answered_per_row(
         assert sorted(mine["SeriesInstanceUID"]) == sorted(cohort.series(study))
 
 
-def test_a_batch_of_equal_rows_with_one_peer(orthanc_stock: Peer, move_scp_port: int,
-                                             cohort: Cohort) -> None:
+def test_a_batch_of_equal_rows_with_one_peer(
+    orthanc_stock: Peer, move_scp_port: int, cohort: Cohort
+) -> None:
     """Rows that only differ by carried columns share their C-FIND."""
     p = pacs_for(orthanc_stock, move_scp_port)
     try:

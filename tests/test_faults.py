@@ -142,11 +142,7 @@ def no_thread_left() -> Iterator[None]:
     yield
     # the sync API's loop, asyncio's executor, tqdm's global monitor
     lasting = ("clarinet-nb-loop", "asyncio_", "tqdm_monitor")
-    new = [
-        t
-        for t in threading.enumerate()
-        if t not in before and not t.name.startswith(lasting)
-    ]
+    new = [t for t in threading.enumerate() if t not in before and not t.name.startswith(lasting)]
     for thread in new:
         thread.join(JOIN_DEADLINE)
     assert [t.name for t in new if t.is_alive()] == []
@@ -445,10 +441,7 @@ def test_dns_that_never_answers(tmp_path: Path) -> None:
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     root = Path(__file__).resolve().parents[1]
-    script = (
-        f"mount --bind {resolv} /etc/resolv.conf && "
-        f"exec {sys.executable} -c \"$CHILD\" {host}"
-    )
+    script = f'mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} -c "$CHILD" {host}'
     try:
         done = subprocess.run(
             ["unshare", "-m", "sh", "-c", script],

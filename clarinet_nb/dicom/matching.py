@@ -228,15 +228,19 @@ def _items(keyword: str, value: Any) -> list[Any]:
         raise _blank_error(keyword)
     for item in items:
         if is_blank(item):
-            raise _fail(keyword, "a list item is blank (None, NaN or empty): it would match "
-                        "everything; remove it")
+            raise _fail(
+                keyword,
+                "a list item is blank (None, NaN or empty): it would match everything; remove it",
+            )
     return items
 
 
 def _one_text(keyword: str, value: Any) -> str:
     if is_blank(value):
-        raise _fail(keyword, "a list item is blank (None, NaN or empty): it would match "
-                    "everything; remove it")
+        raise _fail(
+            keyword,
+            "a list item is blank (None, NaN or empty): it would match everything; remove it",
+        )
     if not isinstance(value, str):
         raise _fail(
             keyword,
@@ -370,14 +374,21 @@ def check_matching(keyword: str, text: str) -> str:
         raise _fail(keyword, f"expected text, not {type(text).__name__}")
     vr = dictionary_VR(keyword)
     if _CONTROL.search(text):
-        raise _fail(keyword, "control characters (NUL, TAB, CR, LF, ESC, DEL...) are not "
-                    "allowed in a matching value")
+        raise _fail(
+            keyword,
+            "control characters (NUL, TAB, CR, LF, ESC, DEL...) are not "
+            "allowed in a matching value",
+        )
     if not _encodable(text):
-        raise _fail(keyword, "the value has characters that cannot be encoded in UTF-8 "
-                    "(a lone surrogate?)")
+        raise _fail(
+            keyword, "the value has characters that cannot be encoded in UTF-8 (a lone surrogate?)"
+        )
     if "\\" in text and vr not in LIST_VRS:
-        raise _fail(keyword, f"backslash is not allowed: the standard allows no list matching "
-                    f"on {vr} keys; to query several values pass a frame, one row per value")
+        raise _fail(
+            keyword,
+            f"backslash is not allowed: the standard allows no list matching "
+            f"on {vr} keys; to query several values pass a frame, one row per value",
+        )
     items = text.split("\\") if vr in LIST_VRS else [text]
     for item in items:
         if not item.strip():
@@ -435,8 +446,11 @@ def _check_one(keyword: str, vr: str, text: str) -> None:
         _check_float(keyword, vr, text)
     elif vr == "CS":
         if not _CS.match(text):
-            raise _fail(keyword, "CS values may only use uppercase letters, digits, space, "
-                        "underscore and the wildcards * and ?")
+            raise _fail(
+                keyword,
+                "CS values may only use uppercase letters, digits, space, "
+                "underscore and the wildcards * and ?",
+            )
     elif vr == "AS":
         if not _AS.match(text):
             raise _fail(keyword, "an age string is 3 digits and D, W, M or Y (e.g. 045Y)")
@@ -472,8 +486,11 @@ def _check_range(
 def _date_key(keyword: str, text: str) -> tuple[int, ...]:
     match = _DA.match(text)
     if not match:
-        raise _fail(keyword, f"{_shown(keyword, text).strip() or 'the value'} is not a date "
-                    "(use YYYYMMDD, YYYY-MM-DD or a date)")
+        raise _fail(
+            keyword,
+            f"{_shown(keyword, text).strip() or 'the value'} is not a date "
+            "(use YYYYMMDD, YYYY-MM-DD or a date)",
+        )
     try:
         dt.date(int(match[1]), int(match[2]), int(match[3]))
     except ValueError as exc:
@@ -484,8 +501,9 @@ def _date_key(keyword: str, text: str) -> tuple[int, ...]:
 def _time_key(keyword: str, text: str) -> tuple[int, ...]:
     match = _TM.match(text)
     if not match:
-        raise _fail(keyword, "a time is HH, HHMM, HHMMSS or HHMMSS.FFFFFF "
-                    "(or HH:MM:SS, or a datetime.time)")
+        raise _fail(
+            keyword, "a time is HH, HHMM, HHMMSS or HHMMSS.FFFFFF (or HH:MM:SS, or a datetime.time)"
+        )
     hour, minute, second, frac = match.groups()
     if int(hour) > 23 or int(minute or 0) > 59 or int(second or 0) > 60:
         raise _fail(keyword, "a time has hours 00-23, minutes 00-59 and seconds 00-60")
@@ -509,8 +527,13 @@ def _dt_key(keyword: str, text: str) -> tuple[int, ...]:
         if int(offset[3:5]) > 59 or not -12 * 60 <= zone <= 14 * 60:
             raise _fail(keyword, "a UTC offset is between -1200 and +1400")
     return (
-        int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
-        int(second or 0), int((frac or "").ljust(6, "0")),
+        int(year),
+        int(month or 1),
+        int(day or 1),
+        int(hour or 0),
+        int(minute or 0),
+        int(second or 0),
+        int((frac or "").ljust(6, "0")),
     )
 
 

@@ -260,9 +260,7 @@ def _start(
     thread.start()
     listener = _Listener(server=server, aet=aet)
     holder["listener"] = listener
-    logger.info(
-        "Storage SCP %s listening on port %d%s", aet, port, " (TLS)" if ssl_context else ""
-    )
+    logger.info("Storage SCP %s listening on port %d%s", aet, port, " (TLS)" if ssl_context else "")
     return listener
 
 

@@ -241,7 +241,9 @@ class Pacs:
             "attempts": sum(
                 (0 if f.attrs.get("cached") else int(f.attrs.get("attempts", 1)))
                 if f is not None
-                else attempts_of(e) if e is not None else 0
+                else attempts_of(e)
+                if e is not None
+                else 0
                 for f, e in answers
             ),
             "cached": bool(parts) and all(bool(p.attrs.get("cached")) for p in answered_frames),
