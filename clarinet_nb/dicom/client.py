@@ -48,6 +48,7 @@ from clarinet_nb.dicom.plan import RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.dicom.retry import RetryPolicy
+from clarinet_nb.dicom.split import Workers
 from clarinet_nb.dicom.tls import TLSConfig, tls_from_settings
 from clarinet_nb.errors import InvalidInputError, LocalStorageError, RetrieveError
 from clarinet_nb.settings import Settings, settings
@@ -128,6 +129,9 @@ class DicomClient:
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_associations, thread_name_prefix="clarinet-dicom"
         )
+        # a retrieve may split over the free threads of this pool: never more associations
+        self._workers = Workers(self._executor, self.max_associations)
+        self.operations.workers = self._workers
 
     @property
     def retries(self) -> int:
@@ -168,7 +172,7 @@ class DicomClient:
         """
         token = cancel or CancelToken()
         loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, cancel=token, **kwargs)
+        call = self._workers.wrap(functools.partial(fn, *args, cancel=token, **kwargs))
         future = loop.run_in_executor(self._executor, call)
         try:
             return await asyncio.shield(future)

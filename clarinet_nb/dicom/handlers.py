@@ -247,14 +247,18 @@ class ForwardSink:
         self.queue: queue.Queue[tuple[str, Dataset] | None] = queue.Queue(maxsize=64)
         self.tally: Tally | None = None
         self.thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def store(
         self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
     ) -> None:
-        if self.thread is None:
-            self.tally = tally
-            self.thread = threading.Thread(target=self._run, name="clarinet-forward", daemon=True)
-            self.thread.start()
+        with self._start_lock:  # a split C-GET stores from several threads at once
+            if self.thread is None:
+                self.tally = tally
+                self.thread = threading.Thread(
+                    target=self._run, name="clarinet-forward", daemon=True
+                )
+                self.thread.start()
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.queue.put((sop_uid, ds))

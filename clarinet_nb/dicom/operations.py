@@ -12,7 +12,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -64,6 +66,7 @@ from clarinet_nb.dicom.requests import (
 )
 from clarinet_nb.dicom.results import names_look_emptied
 from clarinet_nb.dicom.scp import Admission, Scope, peer_addresses, receiving
+from clarinet_nb.dicom.split import SPLIT_MIN, Workers, WorkQueue, work_items
 from clarinet_nb.dicom.status import describe
 from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
@@ -123,6 +126,15 @@ class _Counters:
     associations: int = 0
     msg_id: int = 0
 
+    def add(self, other: _Counters) -> None:
+        """Fold in the counters of another association of the same pass."""
+        self.completed += other.completed
+        self.failed += other.failed
+        self.warning += other.warning
+        self.failed_uids += other.failed_uids
+        self.associations += other.associations
+        self.status = _worse(self.status, other.status)
+
     def retry(self) -> None:
         """A new pass re-requests what failed: forget the failures counted so far."""
         self.failed = 0
@@ -167,6 +179,11 @@ class DicomOperations:
         """Admit C-MOVE senders only from the PACS's address(es)."""
         self._list_refusers: set[tuple[str, str, int]] = set()
         self._list_lock = threading.Lock()
+        self.workers: Workers | None = None
+        """The calling client's worker pool: a C-GET may split over its free threads."""
+        self.split_min = SPLIT_MIN
+        """Fewest planned instances for which a C-GET is split over several
+        associations (0: never split)."""
 
     # -- peers that cannot match a list of UIDs -------------------------------------------
 
@@ -448,7 +465,7 @@ class DicomOperations:
             calling_aet=self.calling_aet,
             timeouts=self.timeouts,
             max_pdu=self.max_pdu,
-            on_received=progress.update if progress is not None else None,
+            on_received=_serialised(progress.update) if progress is not None else None,
             on_stored=on_stored,
             on_storage_error=lambda exc: stop.cancel(),
         )
@@ -516,6 +533,9 @@ class DicomOperations:
         ae = make_ae(self.calling_aet, self.timeouts)
         if known and plan is not None:
             chunks = plan_get_chunks(plan.sop_classes)
+            if len(chunks) == 1 and self._splits(plan):
+                self._get_split(request, peer, plan, True, chunks[0], handler, counters, cancel)
+                chunks = []
             for chunk in chunks:
                 if _cancelled(cancel):
                     return
@@ -524,9 +544,12 @@ class DicomOperations:
                 )
         else:
             chunk = first_get_chunk(default_storage_classes())
-            self._get_on_association(
-                ae, request, peer, None, chunk, 1, handler, counters, cancel, None
-            )
+            if plan is not None and self._splits(plan):
+                self._get_split(request, peer, plan, False, chunk, handler, counters, cancel)
+            else:
+                self._get_on_association(
+                    ae, request, peer, None, chunk, 1, handler, counters, cancel, None
+                )
         if plan is None:
             return
         if all(i.sop_uid in handler.tally.arrived for i in plan.instances):
@@ -536,6 +559,105 @@ class DicomOperations:
         finally:
             if all(i.sop_uid in handler.tally.arrived for i in plan.instances):
                 counters.retry()  # all repaired: failures of passes that could not help are moot
+
+    def _splits(self, plan: RetrievePlan) -> bool:
+        """True when a C-GET of ``plan`` may use several associations."""
+        workers = self.workers
+        return (
+            workers is not None
+            and workers.size > 1
+            and workers.inside()  # the first association holds a pool thread
+            and self.split_min > 0
+            and len(plan) >= self.split_min
+        )
+
+    def _get_split(
+        self,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan,
+        known: bool,
+        chunk: GetChunk,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+    ) -> None:
+        """The first pass of a C-GET split in parts over up to ``workers.size`` associations.
+
+        This thread opens the first association; once it has the storage contexts
+        of every planned class, extra associations are queued on the client's pool
+        (each starts when a thread is free, so the client's bound holds).  Every
+        association takes parts from one queue until it is empty.  Failures of a
+        part are counted as on one association; the first error of an association
+        that had taken a part stops the handing out and is raised once all are done.
+        """
+        workers = self.workers
+        assert workers is not None
+        queue = WorkQueue(work_items(request, plan, workers.size))
+        if len(queue.items) < 2:
+            self._get_on_association(
+                make_ae(self.calling_aet, self.timeouts),
+                request, peer, plan if known else None, chunk, 1, handler, counters, cancel, None,
+            )  # fmt: skip
+            return
+        lock = threading.Lock()
+        extra: list[_Counters] = []
+        errors: list[BaseException] = []
+        helpers: list[Future[None]] = []
+
+        def helper() -> None:
+            if queue.left == 0 or _cancelled(cancel):
+                return  # started after the work was done: open nothing
+            mine = _Counters()
+            taken = [0]
+
+            def source(assoc: Association) -> Iterator[Dataset]:
+                for item in queue:
+                    taken[0] += 1
+                    yield item
+
+            with lock:
+                extra.append(mine)
+            try:
+                self._get_on_association(
+                    make_ae(self.calling_aet, self.timeouts),
+                    request, peer, None, chunk, 1, handler, mine, cancel, source,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - raised by the first thread below
+                if not taken[0]:
+                    logger.info("an extra C-GET association to %s failed (%s): the others "
+                                "carry on", peer, exc)  # fmt: skip
+                    return
+                queue.close()
+                with lock:
+                    errors.append(exc)
+
+        def start(assoc: Association) -> Iterable[Dataset]:
+            if known:
+                accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts if cx.as_scp}
+                if any(uid not in accepted for uid in chunk.sop_classes):
+                    # some class refused: one association, as without splitting
+                    return self._get_identifiers(assoc, request, plan, chunk, 1, handler)
+            for _ in range(min(workers.size - 1, len(queue.items) - 1)):
+                future = workers.submit(helper)
+                if future is not None:
+                    helpers.append(future)
+            logger.debug("C-GET of %d instances in %d parts", len(plan), len(queue.items))
+            return queue
+
+        try:
+            self._get_on_association(
+                make_ae(self.calling_aet, self.timeouts),
+                request, peer, plan if known else None, chunk, 1, handler, counters, cancel, start,
+            )  # fmt: skip
+        finally:
+            queue.close()
+            running = [f for f in helpers if not f.cancel()]  # dropped when not started yet
+            wait_futures(running)
+            for mine in extra:
+                counters.add(mine)
+        if errors:
+            raise errors[0]
 
     def _repair(
         self,
@@ -595,8 +717,10 @@ class DicomOperations:
         handler: StorageHandler,
         counters: _Counters,
         cancel: CancelToken | None,
-        identifiers: list[Dataset] | None,
+        identifiers: list[Dataset] | Callable[[Association], Iterable[Dataset]] | None,
     ) -> None:
+        """C-GET on one association: ``identifiers``, or what a callable returns once the
+        association is open, or (None) what :meth:`_get_identifiers` picks."""
         assoc = open_association(
             ae,
             peer,
@@ -611,8 +735,13 @@ class DicomOperations:
         try:
             model = str(StudyRootQueryRetrieveInformationModelGet)
             _require_context(assoc, model, peer, "C-GET")
+            parts: Iterable[Dataset]
             if identifiers is None:
-                identifiers = self._get_identifiers(assoc, request, plan, chunk, n_chunks, handler)
+                parts = self._get_identifiers(assoc, request, plan, chunk, n_chunks, handler)
+            elif callable(identifiers):
+                parts = identifiers(assoc)
+            else:
+                parts = identifiers
 
             def send(identifier: Dataset) -> None:
                 counters.msg_id = counters.msg_id % 65535 + 1
@@ -621,7 +750,7 @@ class DicomOperations:
                     assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET", model
                 )
 
-            for identifier in identifiers:
+            for identifier in parts:
                 self._send_listed(identifier, send, peer, handler, counters, cancel, "C-GET")
                 if cancel is not None and cancel.cancelled:
                     return
@@ -883,6 +1012,32 @@ def _storage_failure(
         "then retrieve again.",
         result=result,
     )
+
+
+def _serialised(update: Callable[[int], object]) -> Callable[[int], object]:
+    """``update`` behind a lock: a split C-GET receives on several threads at once."""
+    lock = threading.Lock()
+
+    def locked(n: int) -> object:
+        with lock:
+            return update(n)
+
+    return locked
+
+
+def _worse(a: int | None, b: int | None) -> int | None:
+    """The final status that says more of two associations' (failure > warning > success)."""
+
+    def rank(code: int | None) -> int:
+        if code is None:
+            return 0
+        if code == 0x0000:
+            return 1
+        if code & 0xF000 == 0xB000:
+            return 2
+        return 3
+
+    return a if rank(a) >= rank(b) else b
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:

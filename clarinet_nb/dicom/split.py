@@ -1,0 +1,144 @@
+"""Splitting one C-GET into parts that several associations can fetch at once.
+
+A retrieve whose pre-query listed enough instances is cut into work items, in
+plan order: a series that fits one item and that the request covers whole is
+asked at SERIES level (one UID, cheap for the peer), a longer series (or part
+of an instance list) in contiguous UID lists.  The items are a queue that each
+association of the retrieve takes from until it is empty (``WorkQueue``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydicom import Dataset
+
+from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
+from clarinet_nb.dicom.queries import QueryLevel
+from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
+
+__all__ = ["MIN_CHUNK", "SPLIT_MIN", "WorkQueue", "Workers", "work_items"]
+
+T = TypeVar("T")
+
+MIN_CHUNK = 50
+"""Fewest instances worth one C-GET request of their own."""
+SPLIT_MIN = 2 * MIN_CHUNK
+"""Fewest planned instances for which a retrieve is split over several associations."""
+
+
+def work_items(
+    request: RetrieveRequest, plan: RetrievePlan, workers: int, min_chunk: int = MIN_CHUNK
+) -> list[Dataset]:
+    """C-GET identifiers that together ask for exactly what ``plan`` lists.
+
+    About two items per worker (so that a fast association takes more of them),
+    none smaller than ``min_chunk`` instances unless its series is.  Returns []
+    when the plan cannot be split (an instance without study or series UID).
+    """
+    groups: dict[tuple[str, str], list[PlannedInstance]] = {}
+    for inst in plan.instances:
+        if not inst.study_uid or not inst.series_uid:
+            return []
+        groups.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
+    chunk = max(min_chunk, math.ceil(len(plan) / max(1, 2 * workers)))
+    whole = request.level in (QueryLevel.STUDY, QueryLevel.SERIES)
+    items: list[Dataset] = []
+    for (study, series), members in groups.items():
+        if whole and len(members) <= chunk:
+            items.append(_series_identifier(study, series))
+            continue
+        # equal contiguous parts of at most ``chunk`` instances
+        parts = math.ceil(len(members) / chunk)
+        size = math.ceil(len(members) / parts)
+        for i in range(0, len(members), size):
+            uids = [m.sop_uid for m in members[i : i + size]]
+            items.append(image_identifier(study, series, uids))
+    return items
+
+
+def _series_identifier(study_uid: str, series_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    return ds
+
+
+@dataclass
+class WorkQueue:
+    """Work items shared by the associations of one retrieve (thread-safe).
+
+    Iterating takes items until none is left or the queue is closed."""
+
+    items: list[Dataset]
+    _next: int = 0
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> Dataset | None:
+        """The next item, or None when the queue is empty or closed."""
+        with self._lock:
+            if self._closed or self._next >= len(self.items):
+                return None
+            item = self.items[self._next]
+            self._next += 1
+            return item
+
+    def close(self) -> None:
+        """Hand out nothing more."""
+        with self._lock:
+            self._closed = True
+
+    @property
+    def left(self) -> int:
+        """Items not handed out yet (0 once closed)."""
+        with self._lock:
+            return 0 if self._closed else len(self.items) - self._next
+
+    def __iter__(self) -> Iterator[Dataset]:
+        while (item := self.take()) is not None:
+            yield item
+
+
+class Workers:
+    """The worker threads of one DicomClient: each holds at most one association.
+
+    Extra associations of a split retrieve run as jobs of the same pool, so a
+    client never holds more than its ``size`` associations, however its
+    retrieves split; a job queued behind other work starts only when a thread
+    is free (and is dropped when its retrieve ended first).
+    """
+
+    def __init__(self, executor: Executor, size: int) -> None:
+        self.executor = executor
+        self.size = size
+        self._local = threading.local()
+
+    def wrap(self, fn: Callable[[], T]) -> Callable[[], T]:
+        """``fn`` marked as running on one of these threads (see :meth:`inside`)."""
+
+        def run() -> T:
+            self._local.inside = True
+            try:
+                return fn()
+            finally:
+                self._local.inside = False
+
+        return run
+
+    def inside(self) -> bool:
+        """True on a worker thread running a wrapped job."""
+        return bool(getattr(self._local, "inside", False))
+
+    def submit(self, fn: Callable[[], T]) -> Future[T] | None:
+        """Queue ``fn`` on the pool; None when the pool is shut down."""
+        try:
+            return self.executor.submit(self.wrap(fn))
+        except RuntimeError:  # shut down
+            return None
