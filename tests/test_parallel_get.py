@@ -1,0 +1,295 @@
+"""A C-GET split over several associations, against real Orthanc (stock, tuned) and dcmqrscp.
+
+The peers here are our own (started for this module) and hold a study of 3 series
+of 60 instances and a one-series study of 160.  The data path is real; only
+``open_association`` / ``release`` / ``cancel_watch`` of the operations module are
+wrapped to count how many associations are open at once and which got C-CANCEL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+import clarinet_nb.dicom.operations as ops
+from clarinet_nb import DicomClient, DicomNode, RetrieveStatus, StorageConfig, StorageMode
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
+from clarinet_nb.dicom.queries import QueryLevel
+from clarinet_nb.dicom.requests import RetrieveRequest, listed_sop_uids
+from clarinet_nb.dicom.split import WorkQueue, work_items
+from clarinet_nb.testing import DcmqrscpServer, OrthancServer, PeerProcess, generate_bulk
+from tests.support import TEST_TIMEOUTS
+
+pytestmark = pytest.mark.timeout(300)
+
+SERIES, PER_SERIES, LONG = 3, 60, 160
+KINDS = ("orthanc-stock", "orthanc-tuned", "dcmqrscp")
+
+
+class Data:
+    """The module's studies: UIDs and the instances of each."""
+
+    def __init__(self, root: Path) -> None:
+        multi = generate_bulk(root / "multi", n_studies=SERIES, per_study=PER_SERIES, seed="par")
+        self.multi = multi.instances[0].study_uid
+        self.paths = []
+        self.sops: dict[str, set[str]] = {self.multi: set()}
+        for inst in multi.instances:  # one study of SERIES series: rewrite the study UID
+            ds = pydicom.dcmread(inst.path)
+            ds.StudyInstanceUID = self.multi
+            ds.save_as(inst.path)
+            self.paths.append(inst.path)
+            self.sops[self.multi].add(inst.sop_uid)
+        long = generate_bulk(root / "long", n_studies=1, per_study=LONG, seed="parlong")
+        self.long = long.instances[0].study_uid
+        self.long_series = long.instances[0].series_uid
+        self.sops[self.long] = {i.sop_uid for i in long.instances}
+        self.paths += long.paths()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    return Data(tmp_path_factory.mktemp("parallel-data"))
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: Data
+) -> Iterator[PeerProcess]:
+    workdir = tmp_path_factory.mktemp(request.param)
+    peer: PeerProcess
+    if request.param == "dcmqrscp":
+        peer = DcmqrscpServer(workdir)
+    else:
+        peer = OrthancServer(workdir, tuned=request.param.endswith("tuned"))
+    with peer:
+        assert peer.load(data.paths) == len(data.paths)
+        yield peer
+
+
+def node(peer: PeerProcess) -> DicomNode:
+    return DicomNode(aet=peer.aet, host=peer.host, port=peer.port)
+
+
+class Spy:
+    """Counts the associations a retrieve holds at once, and C-CANCELs per association."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: set[int] = set()
+        self.most = 0
+        self.opened = 0
+        self.in_get: set[int] = set()
+        self.cancelled: set[int] = set()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_open, real_release, real_watch = ops.open_association, ops.release, ops.cancel_watch
+
+        def open_association(*args: Any, **kwargs: Any) -> Any:
+            assoc = real_open(*args, **kwargs)
+            with self.lock:
+                self.open.add(id(assoc))
+                self.opened += 1
+                self.most = max(self.most, len(self.open))
+            return assoc
+
+        def release(assoc: Any) -> None:
+            real_release(assoc)
+            with self.lock:
+                self.open.discard(id(assoc))
+
+        @contextlib.contextmanager
+        def cancel_watch(assoc: Any, token: Any, **kwargs: Any) -> Iterator[Any]:
+            with real_watch(assoc, token, **kwargs) as sent:
+                with self.lock:
+                    self.in_get.add(id(assoc))
+                try:
+                    yield sent
+                finally:
+                    with self.lock:
+                        self.in_get.discard(id(assoc))
+                        if sent.is_set():
+                            self.cancelled.add(id(assoc))
+
+        monkeypatch.setattr(ops, "open_association", open_association)
+        monkeypatch.setattr(ops, "release", release)
+        monkeypatch.setattr(ops, "cancel_watch", cancel_watch)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+    found = Spy()
+    found.install(monkeypatch)
+    return found
+
+
+def _sops(result: Any) -> set[str]:
+    return set(result.received_sop_instance_uids)
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def _plan(series: int, per: int) -> RetrievePlan:
+    return RetrievePlan(
+        [
+            PlannedInstance("1.2", f"1.2.{s}", f"1.2.{s}.{i}", "1.2.840.10008.5.1.4.1.1.2")
+            for s in range(1, series + 1)
+            for i in range(1, per + 1)
+        ]
+    )
+
+
+@pytest.mark.parametrize(("series", "per", "workers"), [(3, 60, 4), (1, 160, 4), (4, 7, 2)])
+def test_work_items_cover_the_plan_exactly(series: int, per: int, workers: int) -> None:
+    plan = _plan(series, per)
+    items = work_items(RetrieveRequest.study("1.2"), plan, workers)
+    listed = [u for item in items for u in listed_sop_uids(item)]
+    whole = {str(i.SeriesInstanceUID) for i in items if i.QueryRetrieveLevel == "SERIES"}
+    assert len(listed) == len(set(listed))  # no instance asked twice
+    covered = set(listed) | {i.sop_uid for i in plan.instances if i.series_uid in whole}
+    assert covered == set(plan.sop_uids)
+    assert all(len(listed_sop_uids(i)) <= max(50, -(-len(plan) // (2 * workers))) for i in items)
+
+
+def test_instance_requests_are_never_widened_to_series() -> None:
+    plan = _plan(2, 30)
+    request = RetrieveRequest.instances(plan.sop_uids)
+    items = work_items(request, plan, 4)
+    assert {str(i.QueryRetrieveLevel) for i in items} == {QueryLevel.IMAGE.value}
+    assert sorted(u for i in items for u in listed_sop_uids(i)) == sorted(plan.sop_uids)
+
+
+def test_work_queue_hands_each_item_once_and_stops_when_closed() -> None:
+    plan = _plan(1, 200)
+    queue = WorkQueue(work_items(RetrieveRequest.study("1.2"), plan, 4))
+    first = queue.take()
+    assert first is not None and queue.left == len(queue.items) - 1
+    queue.close()
+    assert queue.take() is None and list(queue) == [] and queue.left == 0
+
+
+# --------------------------------------------------------------------------- real peers
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+async def test_study_of_several_series_over_several_associations(
+    server: PeerProcess, data: Data, spy: Spy, mode: str, tmp_path: Path
+) -> None:
+    storage = (
+        StorageConfig(mode=StorageMode.DISK, output_dir=tmp_path)
+        if mode == "disk"
+        else StorageConfig(mode=StorageMode.MEMORY)
+    )
+    async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        result = await client.get_study(data.multi, peer=node(server), storage=storage)
+    assert result.status is RetrieveStatus.SUCCESS
+    assert _sops(result) == data.sops[data.multi]
+    assert result.received == result.expected == SERIES * PER_SERIES
+    assert len(result.received_sop_instance_uids) == SERIES * PER_SERIES  # counted once
+    assert not result.failed_sop_instance_uids and not result.missing_sop_instance_uids
+    assert 1 < result.associations <= 3
+    assert spy.opened == result.associations + 1  # + the pre-query's C-FIND association
+    assert spy.most <= 3 and not spy.open
+    if mode == "disk":
+        files = {p.stem for p in tmp_path.rglob("*.dcm")}
+        assert files == data.sops[data.multi]
+        assert not list(tmp_path.rglob("*.part"))
+    else:
+        assert {str(ds.SOPInstanceUID) for ds in result.datasets} == data.sops[data.multi]
+
+
+async def test_one_long_series_in_chunks(server: PeerProcess, data: Data, spy: Spy) -> None:
+    async with DicomClient(max_associations=4, timeouts=TEST_TIMEOUTS) as client:
+        result = await client.get_series(data.long_series, study_uid=data.long, peer=node(server))
+    assert result.status is RetrieveStatus.SUCCESS
+    assert _sops(result) == data.sops[data.long] and result.received == LONG
+    assert 1 < result.associations <= 4 and spy.most <= 4
+
+
+async def test_one_association_at_a_time_with_max_associations_1(
+    server: PeerProcess, data: Data, spy: Spy
+) -> None:
+    async with DicomClient(max_associations=1, timeouts=TEST_TIMEOUTS) as client:
+        result = await client.get_study(data.multi, peer=node(server))
+    assert _sops(result) == data.sops[data.multi]
+    assert result.associations == 1 and spy.most == 1
+
+
+async def test_many_retrieves_at_once_share_the_bound(
+    server: PeerProcess, data: Data, spy: Spy
+) -> None:
+    """Four retrieves on a client of 3 associations: never more than 3 open at once."""
+    import asyncio
+
+    async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        studies = [data.multi, data.long, data.multi, data.long]
+        results = await asyncio.gather(*(client.get_study(s, peer=node(server)) for s in studies))
+    for study, result in zip(studies, results, strict=True):
+        assert _sops(result) == data.sops[study]
+    assert spy.most <= 3 and not spy.open
+
+
+async def test_forward_mode_split(
+    server: PeerProcess, data: Data, spy: Spy, tmp_path: Path
+) -> None:
+    """FORWARD: instances received on several associations all reach the forward node."""
+    with OrthancServer(tmp_path / "sink", tuned=True) as sink:
+        storage = StorageConfig(mode=StorageMode.FORWARD, forward_to=node(sink))
+        async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+            result = await client.get_study(data.multi, peer=node(server), storage=storage)
+        assert result.status is RetrieveStatus.SUCCESS and result.associations > 1
+        assert set(result.forwarded_sop_instance_uids) == data.sops[data.multi]
+        async with DicomClient(timeouts=TEST_TIMEOUTS) as client:
+            back = await client.get_study(data.multi, peer=node(sink))
+        assert _sops(back) == data.sops[data.multi]
+
+
+async def test_cancel_mid_way_cancels_every_running_association(
+    server: PeerProcess, data: Data, spy: Spy
+) -> None:
+    token = CancelToken()
+    lock = threading.Lock()
+    per_thread: dict[int, int] = {}
+    at_cancel: set[int] = set()
+
+    def on_stored(sop_uid: str, nbytes: int) -> None:
+        # each association receives on its own thread: cancel once two are receiving
+        with lock:
+            me = threading.get_ident()
+            per_thread[me] = per_thread.get(me, 0) + 1
+            if token.cancelled or sum(1 for n in per_thread.values() if n >= 2) < 2:
+                return
+        with spy.lock:
+            at_cancel.update(spy.in_get)
+        token.cancel()
+
+    baseline = set(threading.enumerate())
+    async with DicomClient(max_associations=4, timeouts=TEST_TIMEOUTS) as client:
+        result = await client.get_study(
+            data.multi, peer=node(server), cancel=token, on_stored=on_stored
+        )
+    assert result.status is RetrieveStatus.CANCELLED
+    assert 0 < result.received < SERIES * PER_SERIES
+    assert len(at_cancel) >= 2 and at_cancel <= spy.cancelled  # C-CANCEL on each
+    assert not spy.open and spy.most <= 4
+    # the event loop's default executor (asyncio_N, used by aclose) lives on: not ours
+    ours = {t for t in set(threading.enumerate()) - baseline if not t.name.startswith("asyncio")}
+    for thread in ours:
+        thread.join(30)  # association threads end after release: wait on their end
+    assert not {t for t in ours if t.is_alive()}
+
+
+async def test_small_retrieve_is_not_split(server: PeerProcess, data: Data, spy: Spy) -> None:
+    """Below the split threshold one association does it all, as before."""
+    async with DicomClient(max_associations=4, timeouts=TEST_TIMEOUTS) as client:
+        client.operations.split_min = SERIES * PER_SERIES + 1
+        result = await client.get_study(data.multi, peer=node(server))
+    assert _sops(result) == data.sops[data.multi] and result.associations == 1
