@@ -293,3 +293,24 @@ async def test_small_retrieve_is_not_split(server: PeerProcess, data: Data, spy:
         client.operations.split_min = SERIES * PER_SERIES + 1
         result = await client.get_study(data.multi, peer=node(server))
     assert _sops(result) == data.sops[data.multi] and result.associations == 1
+
+
+def test_workers_count_free_threads() -> None:
+    """Free threads: the pool size less every job submitted and not ended (queued too)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clarinet_nb.dicom.split import Workers
+
+    gate = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        workers = Workers(pool, 2)
+        assert workers.free() == 2 and not workers.inside()
+        first = workers.submit(lambda: gate.wait(30) and workers.inside())
+        second = workers.submit(lambda: gate.wait(30))
+        queued = workers.submit(lambda: True)
+        assert first is not None and second is not None and queued is not None
+        assert workers.free() == 0
+        assert workers.cancel(queued)  # not started: dropped, its thread promise returned
+        gate.set()
+        assert first.result(30) is True and second.result(30) is True
+    assert workers.free() == 2

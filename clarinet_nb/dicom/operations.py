@@ -565,10 +565,10 @@ class DicomOperations:
         workers = self.workers
         return (
             workers is not None
-            and workers.size > 1
             and workers.inside()  # the first association holds a pool thread
             and self.split_min > 0
             and len(plan) >= self.split_min
+            and workers.free() > 0  # a pull that fills the pool is not split
         )
 
     def _get_split(
@@ -593,7 +593,8 @@ class DicomOperations:
         """
         workers = self.workers
         assert workers is not None
-        queue = WorkQueue(work_items(request, plan, workers.size))
+        extras = workers.free()
+        queue = WorkQueue(work_items(request, plan, 1 + extras))
         if len(queue.items) < 2:
             self._get_on_association(
                 make_ae(self.calling_aet, self.timeouts),
@@ -638,7 +639,7 @@ class DicomOperations:
                 if any(uid not in accepted for uid in chunk.sop_classes):
                     # some class refused: one association, as without splitting
                     return self._get_identifiers(assoc, request, plan, chunk, 1, handler)
-            for _ in range(min(workers.size - 1, len(queue.items) - 1)):
+            for _ in range(min(extras, len(queue.items) - 1)):
                 future = workers.submit(helper)
                 if future is not None:
                     helpers.append(future)
@@ -652,7 +653,7 @@ class DicomOperations:
             )  # fmt: skip
         finally:
             queue.close()
-            running = [f for f in helpers if not f.cancel()]  # dropped when not started yet
+            running = [f for f in helpers if not workers.cancel(f)]  # dropped if not started
             wait_futures(running)
             for mine in extra:
                 counters.add(mine)

@@ -119,9 +119,14 @@ class Workers:
         self.executor = executor
         self.size = size
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._outstanding = 0
 
     def wrap(self, fn: Callable[[], T]) -> Callable[[], T]:
-        """``fn`` marked as running on one of these threads (see :meth:`inside`)."""
+        """``fn`` marked as running on one of these threads (see :meth:`inside`), and
+        counted as outstanding from now until it ends: submit it at once."""
+        with self._lock:
+            self._outstanding += 1
 
         def run() -> T:
             self._local.inside = True
@@ -129,8 +134,25 @@ class Workers:
                 return fn()
             finally:
                 self._local.inside = False
+                self._done()
 
         return run
+
+    def _done(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+
+    def free(self) -> int:
+        """Threads neither busy nor promised to a queued job."""
+        with self._lock:
+            return max(0, self.size - self._outstanding)
+
+    def cancel(self, future: Future[T]) -> bool:
+        """Drop a queued job; False when it has started (it will end by itself)."""
+        if future.cancel():
+            self._done()
+            return True
+        return False
 
     def inside(self) -> bool:
         """True on a worker thread running a wrapped job."""
@@ -138,7 +160,9 @@ class Workers:
 
     def submit(self, fn: Callable[[], T]) -> Future[T] | None:
         """Queue ``fn`` on the pool; None when the pool is shut down."""
+        job = self.wrap(fn)
         try:
-            return self.executor.submit(self.wrap(fn))
+            return self.executor.submit(job)
         except RuntimeError:  # shut down
+            self._done()
             return None
