@@ -35,6 +35,9 @@ import pydicom
 from clarinet_nb import DicomClient, DicomNode, StorageConfig, StorageMode
 from clarinet_nb.testing import DcmqrscpServer, OrthancServer, PeerProcess, generate_bulk
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latency_proxy
+
 
 def multi_series_study(root: Path, series: int, per: int) -> tuple[str, list[Path]]:
     """One study of ``series`` CT series (generate_bulk's studies given one study UID)."""
@@ -121,6 +124,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--peers", default="orthanc-stock,orthanc-tuned,dcmqrscp")
     parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="one-way latency added by a proxy (0)"
+    )
+    parser.add_argument(
         "--pull", type=int, default=0, help="instead: a notebook pull of N one-series studies"
     )
     args = parser.parse_args()
@@ -129,7 +135,10 @@ def main() -> int:
     if args.pull:
         return pull_bench(args, work)
     study, paths = multi_series_study(work / "data", args.series, args.per_series)
-    print(f"{n} instances of 64x64 in {args.series} series; load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{n} instances of 64x64 in {args.series} series, {args.delay_ms:g} ms one-way "
+        f"latency; load {os.getloadavg()[0]:.2f}"
+    )
     try:
         for kind in args.peers.split(","):
             peer: PeerProcess
@@ -140,12 +149,19 @@ def main() -> int:
             with peer:
                 peer.load(paths)
                 node = DicomNode(aet=peer.aet, host=peer.host, port=peer.port)
+                proxy = None
+                if args.delay_ms:
+                    proxy, port = latency_proxy.start(peer.port, args.delay_ms / 1000)
+                    node = DicomNode(aet=peer.aet, host=peer.host, port=port)
                 times: dict[tuple[str, bool], list[tuple[float, float, int]]] = {}
                 for _ in range(args.repeat):
                     for mode in ("memory", "disk"):
                         for split in (False, True):
                             got = asyncio.run(one(node, study, split, mode, work / "out", n))
                             times.setdefault((mode, split), []).append(got)
+                if proxy is not None:
+                    proxy.kill()
+                    proxy.join()
                 for (mode, split), runs in times.items():
                     wall = statistics.median(r[0] for r in runs)
                     cpu = statistics.median(r[1] for r in runs)
