@@ -38,6 +38,8 @@ from clarinet_nb.testing import DcmqrscpServer, OrthancServer, PeerProcess, gene
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_proxy
 
+from clarinet_nb.dicom.split import SPLIT_MIN
+
 
 def multi_series_study(root: Path, series: int, per: int) -> tuple[str, list[Path]]:
     """One study of ``series`` CT series (generate_bulk's studies given one study UID)."""
@@ -51,7 +53,7 @@ def multi_series_study(root: Path, series: int, per: int) -> tuple[str, list[Pat
 
 
 async def one(
-    node: DicomNode, study: str, split: bool, mode: str, scratch: Path, n: int
+    node: DicomNode, study: str, split: bool, mode: str, scratch: Path, n: int, split_min: int
 ) -> tuple[float, float, int]:
     storage = (
         StorageConfig(mode=StorageMode.DISK, output_dir=scratch)
@@ -59,8 +61,7 @@ async def one(
         else StorageConfig(mode=StorageMode.MEMORY)
     )
     async with DicomClient(max_associations=4) as client:
-        if not split:
-            client.operations.split_min = 0
+        client.operations.split_min = (split_min or SPLIT_MIN) if split else 0
         wall, cpu = time.perf_counter(), time.process_time()
         result = await client.get_study(study, peer=node, storage=storage)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -124,6 +125,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--peers", default="orthanc-stock,orthanc-tuned,dcmqrscp")
     parser.add_argument(
+        "--split-min", type=int, default=0, help="split from this many instances (default)"
+    )
+    parser.add_argument(
         "--delay-ms", type=float, default=0.0, help="one-way latency added by a proxy (0)"
     )
     parser.add_argument(
@@ -157,7 +161,8 @@ def main() -> int:
                 for _ in range(args.repeat):
                     for mode in ("memory", "disk"):
                         for split in (False, True):
-                            got = asyncio.run(one(node, study, split, mode, work / "out", n))
+                            out = work / "out"
+                            got = asyncio.run(one(node, study, split, mode, out, n, args.split_min))
                             times.setdefault((mode, split), []).append(got)
                 if proxy is not None:
                     proxy.kill()
