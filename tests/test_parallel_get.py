@@ -314,3 +314,56 @@ def test_workers_count_free_threads() -> None:
         gate.set()
         assert first.result(30) is True and second.result(30) is True
     assert workers.free() == 2
+
+
+async def test_interrupted_split_pull_keeps_and_lists_what_arrived(
+    server: PeerProcess, data: Data, spy: Spy, tmp_path: Path
+) -> None:
+    """A notebook pull of one split study, interrupted (task cancelled) once two
+    associations are receiving: C-CANCEL, all released, the files listed as retrieved."""
+    import asyncio
+    import warnings
+
+    import pandas as pd
+
+    import clarinet_nb as cnb
+
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[Any] | None = None
+    lock = threading.Lock()
+    per_thread: dict[int, int] = {}
+
+    class Interrupt:
+        total: float | None = None
+
+        def update(self, n: float = 1) -> None:
+            with lock:
+                me = threading.get_ident()
+                per_thread[me] = per_thread.get(me, 0) + 1
+                if sum(1 for k in per_thread.values() if k >= 2) == 2 and task is not None:
+                    loop.call_soon_threadsafe(task.cancel)
+
+        def refresh(self) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    pacs = cnb.connect(node(server), max_associations=4, timeouts=TEST_TIMEOUTS)
+    try:
+        studies = pd.DataFrame({"StudyInstanceUID": [data.multi]})
+        out = tmp_path / "out"
+        task = asyncio.ensure_future(pacs.aget(studies, output_dir=out, progress=Interrupt()))
+        with warnings.catch_warnings(), pytest.raises(asyncio.CancelledError):
+            warnings.simplefilter("ignore")
+            await task
+    finally:
+        pacs.client.close()
+    assert spy.cancelled and not spy.open and spy.most <= 4
+    files = {p.stem for p in out.rglob("*.dcm")}
+    assert 4 <= len(files) < SERIES * PER_SERIES and files <= data.sops[data.multi]
+    assert not list(out.rglob(".*")), "temporary files left behind"
+    manifest = pacs.interrupted
+    assert isinstance(manifest, pd.DataFrame)
+    retrieved = set(manifest[manifest["status"] == "retrieved"]["SOPInstanceUID"])
+    assert retrieved == files
