@@ -367,3 +367,30 @@ async def test_interrupted_split_pull_keeps_and_lists_what_arrived(
     assert isinstance(manifest, pd.DataFrame)
     retrieved = set(manifest[manifest["status"] == "retrieved"]["SOPInstanceUID"])
     assert retrieved == files
+
+
+@pytest.fixture(scope="module")
+def qrscp(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Iterator[PeerProcess]:
+    from clarinet_nb.testing.qrscp import QrscpServer
+
+    with QrscpServer(tmp_path_factory.mktemp("qrscp-par")) as peer:
+        assert peer.load(data.paths) == len(data.paths)
+        yield peer
+
+
+async def test_split_against_a_peer_that_refuses_uid_lists(
+    qrscp: PeerProcess, data: Data, spy: Spy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom's qrscp refuses UID lists: the split parts fall back to one UID at a
+    time (said once), and still every instance arrives exactly once."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="clarinet_nb")
+    async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        result = await client.get_study(data.multi, peer=node(qrscp))
+    assert result.status is RetrieveStatus.SUCCESS
+    assert _sops(result) == data.sops[data.multi] and result.received == SERIES * PER_SERIES
+    assert 1 < result.associations <= 3 and spy.most <= 3
+    refusals = [r for r in caplog.records if "list of UIDs" in r.getMessage()]
+    assert len(refusals) == 1
+    assert client.operations.refuses_uid_lists(node(qrscp))
