@@ -527,7 +527,8 @@ class DicomOperations:
         repair passes re-request only what is still missing (every uncompressed
         syntax, then one compressed syntax per pass), for peers that send on the
         first context of a class and cannot convert, or hold classes the first
-        pass did not offer.
+        pass did not offer.  A first pass of at least ``split_min`` planned
+        instances is split over the client's free threads (:meth:`_get_split`).
         """
         known = plan is not None and plan.classes_known
         ae = make_ae(self.calling_aet, self.timeouts)
@@ -595,7 +596,7 @@ class DicomOperations:
         assert workers is not None
         extras = workers.free()
         queue = WorkQueue(work_items(request, plan, 1 + extras))
-        if len(queue.items) < 2:
+        if not extras or len(queue.items) < 2:  # no thread free after all: as one
             self._get_on_association(
                 make_ae(self.calling_aet, self.timeouts),
                 request, peer, plan if known else None, chunk, 1, handler, counters, cancel, None,
