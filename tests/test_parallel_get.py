@@ -394,3 +394,46 @@ async def test_split_against_a_peer_that_refuses_uid_lists(
     refusals = [r for r in caplog.records if "list of UIDs" in r.getMessage()]
     assert len(refusals) == 1
     assert client.operations.refuses_uid_lists(node(qrscp))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KB tmpfs (root): room for a few dozen instances."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def test_disk_full_stops_every_association(
+    server: PeerProcess, data: Data, spy: Spy, small_disk: Path
+) -> None:
+    """A full disk during a split C-GET: C-CANCEL on the running associations, all
+    released, LocalStorageError whose result lists exactly the complete files."""
+    from clarinet_nb.errors import LocalStorageError
+
+    async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        with pytest.raises(LocalStorageError, match="No space left on device") as caught:
+            await client.get_study(data.multi, peer=node(server), output_dir=small_disk)
+    result = caught.value.result
+    assert result is not None and result.associations > 1
+    files = {p.stem for p in small_disk.rglob("*.dcm")}
+    assert 0 < result.received < SERIES * PER_SERIES
+    assert set(result.received_sop_instance_uids) == files
+    assert not list(small_disk.rglob(".*")), "temporary files left behind"
+    # stopped (C-CANCEL), not every remaining instance failed one by one
+    assert result.failed_sop_instance_uids
+    assert len(result.failed_sop_instance_uids) < SERIES * PER_SERIES - result.received
+    assert spy.cancelled and not spy.open
