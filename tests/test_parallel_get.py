@@ -437,3 +437,29 @@ async def test_disk_full_stops_every_association(
     assert result.failed_sop_instance_uids
     assert len(result.failed_sop_instance_uids) < SERIES * PER_SERIES - result.received
     assert spy.cancelled and not spy.open
+
+
+async def test_one_association_cut_mid_pdu(server: PeerProcess, data: Data, spy: Spy) -> None:
+    """The connection of one extra association is reset inside a PDU: the retrieve
+    reports it broke off (PartialRetrieveError), every association is released, and
+    what arrived (on every association) is listed exactly, the rest missing."""
+    from clarinet_nb.errors import PartialRetrieveError
+    from clarinet_nb.testing import FaultProxy
+
+    with FaultProxy(server.host, server.port) as proxy:
+        # connection 0: the pre-query, 1: the first C-GET association, 2: an extra one
+        cut = proxy.arm("cut", connection=2, pdu_number=20, offset=10)
+        through = DicomNode(aet=server.aet, host=proxy.host, port=proxy.port)
+        async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+            with pytest.raises(PartialRetrieveError, match="broke off") as caught:
+                await client.get_study(data.multi, peer=through)
+        assert cut.fired.is_set()
+    result = caught.value.result
+    assert result is not None and result.associations > 1
+    received = set(result.received_sop_instance_uids)
+    assert 0 < len(received) < SERIES * PER_SERIES and received <= data.sops[data.multi]
+    assert {str(ds.SOPInstanceUID) for ds in result.datasets} == received
+    accounted = received | set(result.missing_sop_instance_uids)
+    accounted |= set(result.failed_sop_instance_uids)
+    assert accounted == data.sops[data.multi]
+    assert not spy.open and spy.most <= 3
