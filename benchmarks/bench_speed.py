@@ -30,13 +30,12 @@ import logging
 import os
 import platform
 import pstats
-import resource
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,16 +43,16 @@ from typing import Any
 import pandas as pd
 import pydicom
 import pynetdicom
+from bench_core import DCMTK_MAX_PDU, SEGFAULT, BenchError, _check, dcmtk_version, find_dcmtk
 from pydicom import Dataset
 from pynetdicom import _config
+from speed_support import FastCohort, Snapshot, Usage, busy_warning, write_cohort
 
 import clarinet_nb as cnb
-from bench_core import DCMTK_MAX_PDU, SEGFAULT, BenchError, _check, dcmtk_version, find_dcmtk
 from clarinet_nb import DicomNode, RetrieveRequest, StorageConfig, StorageMode
 from clarinet_nb.notebook.criteria import build_query
 from clarinet_nb.notebook.frames import to_frame
 from clarinet_nb.testing import OrthancServer, free_port
-from speed_support import FastCohort, Snapshot, Usage, busy_warning, write_cohort
 
 CPUS = os.cpu_count() or 1
 TIMEOUT = 900.0
@@ -133,7 +132,9 @@ class Bench:
     def run_group(self, group: Group, repeat: int) -> None:
         print(f"{group.title}: ", end="", flush=True)
         for round_ in range(repeat):
-            order = group.cases[round_ % len(group.cases) :] + group.cases[: round_ % len(group.cases)]
+            order = (
+                group.cases[round_ % len(group.cases) :] + group.cases[: round_ % len(group.cases)]
+            )
             for case in order:  # rotated each round: drift spreads over every tool
                 if case.error is not None or (case.rounds is not None and round_ >= case.rounds):
                     continue
@@ -145,7 +146,9 @@ class Bench:
         print(flush=True)
         share = [s for c in group.cases for s in c.others]
         if share:
-            warning = busy_warning(f"during '{group.key}'", statistics.median(share), os.getloadavg())
+            warning = busy_warning(
+                f"during '{group.key}'", statistics.median(share), os.getloadavg()
+            )
             if warning:
                 self.warnings.append(warning)
                 print(warning, file=sys.stderr)
@@ -254,9 +257,7 @@ def start_storescp(bench: Bench, port: int, folder: Path) -> subprocess.Popen[by
     return proc
 
 
-def movescu_case(
-    bench: Bench, query: Path, folder: Path, node: Callable[[], DicomNode]
-) -> Case:
+def movescu_case(bench: Bench, query: Path, folder: Path, node: Callable[[], DicomNode]) -> Case:
     case = Case("DCMTK movescu + storescp TCP_NODELAY=1", lambda s: 0, clarinet=False)
 
     def run(scratch: Path) -> int:
@@ -351,7 +352,8 @@ wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
 peak = status("VmHWM")
 held = sum(len(ds.PixelData) for ds in data)
 print(json.dumps({"n": len(data), "failures": len(data.failures), "baseline": base,
-                  "peak": peak, "maxrss_after_imports": maxrss0, "wall": wall, "cpu": cpu, "pixel_bytes": held}))
+                  "peak": peak, "maxrss_after_imports": maxrss0, "wall": wall, "cpu": cpu,
+                  "pixel_bytes": held}))
 """
 
 
@@ -378,7 +380,9 @@ def rss_pull(node: DicomNode, study_uid: str, expected: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- profile
 
 
-def profile(pacs: cnb.Pacs, study_uid: str, uids: list[str], out_dir: Path, stamp: str) -> dict[str, str]:
+def profile(
+    pacs: cnb.Pacs, study_uid: str, uids: list[str], out_dir: Path, stamp: str
+) -> dict[str, str]:
     """cProfile of the C-GET (memory) and the C-FIND to a frame, run in the main thread.
 
     cProfile sees only the thread it runs in, so this calls the synchronous core that
@@ -464,7 +468,9 @@ def pyspy_profile(
 
 
 def summarize(group: Group) -> list[dict[str, Any]]:
-    medians = {c.tool: statistics.median(c.samples) for c in group.cases if c.samples and not c.error}
+    medians = {
+        c.tool: statistics.median(c.samples) for c in group.cases if c.samples and not c.error
+    }
     cpus = {c.tool: statistics.median(c.cpu) for c in group.cases if c.samples and not c.error}
     refs = [c.tool for c in group.cases if c.clarinet]
     rows = []
@@ -547,6 +553,8 @@ def target_table(report: dict[str, Any]) -> str:
     mv = g.get("cmove-small", {})
     fo, fs = g.get("cfind-one", {}), g.get("cfind-series", {})
     find = "DCMTK findscu -Xs TCP_NODELAY=1"
+    move = "DCMTK movescu + storescp TCP_NODELAY=1"
+    one, per = "clarinet_nb find_instances -> DataFrame", "clarinet_nb find_instances(series frame)"
     rss = report.get("rss", {}).get("median_peak_over_bytes")
     lines = [
         "| case | now (clarinet/tool; > 1: clarinet_nb faster) | target |",
@@ -565,13 +573,14 @@ def target_table(report: dict[str, Any]) -> str:
         f"{_ratio(stock, nd, mem)}, disk {_ratio(stock, st, disk)} / {_ratio(stock, nd, disk)} "
         "| keep >= 8x |",
         f"| C-MOVE {report['groups'].get('cmove-small', {}).get('items')} x 64x64 vs movescu + "
-        f"storescp (TCP_NODELAY=1) | memory {_ratio(mv, 'DCMTK movescu + storescp TCP_NODELAY=1', mmem)}, "
-        f"disk {_ratio(mv, 'DCMTK movescu + storescp TCP_NODELAY=1', mdisk)} | >= 1.5x |",
+        f"storescp (TCP_NODELAY=1) | memory {_ratio(mv, move, mmem)}, "
+        f"disk {_ratio(mv, move, mdisk)} | >= 1.5x |",
         f"| C-FIND IMAGE {report['groups'].get('cfind-one', {}).get('items')} rows to a DataFrame "
-        f"vs findscu -Xs | one query {_ratio(fo, find, 'clarinet_nb find_instances -> DataFrame')}, "
-        f"per series {_ratio(fs, find, 'clarinet_nb find_instances(series frame)')} | >= 1.0x both |",
+        f"vs findscu -Xs | one query {_ratio(fo, find, one)}, "
+        f"per series {_ratio(fs, find, per)} | >= 1.0x both |",
         "| in-memory pull: (peak RSS - baseline) / bytes received | "
-        + ("FAILED" if rss is None else f"{rss:.2f}x") + " | <= 1.1x |",
+        + ("FAILED" if rss is None else f"{rss:.2f}x")
+        + " | <= 1.1x |",
     ]
     return "\n".join(lines)
 
@@ -595,6 +604,192 @@ class Sizes:
 
 FULL = Sizes(100, 2, 100, 20, 100, 200, 512, 250, 1024, 100)
 QUICK = Sizes(5, 2, 10, 2, 50, 20, 512, 10, 1024, 50)
+SERIES_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID"]
+
+
+def frame_of(rows: Sequence[tuple[str, ...]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def study_frame(cohort: FastCohort) -> pd.DataFrame:
+    return frame_of([(cohort.studies[0].uid,)], ["StudyInstanceUID"])
+
+
+@dataclass
+class Data:
+    """The cohorts on disk and the same queries for every tool (built once per run)."""
+
+    find: FastCohort
+    small: FastCohort
+    big: FastCohort
+    huge: FastCohort
+    queries: dict[str, list[Path]]
+    stock_series: str
+
+    @property
+    def cohorts(self) -> dict[str, FastCohort]:
+        return {"find": self.find, "small": self.small, "big": self.big, "huge": self.huge}
+
+    @property
+    def study_uids(self) -> list[str]:
+        return [st.uid for st in self.find.studies]
+
+    @property
+    def series_frame(self) -> pd.DataFrame:
+        return frame_of(self.find.series, SERIES_COLUMNS)
+
+    @property
+    def stock_frame(self) -> pd.DataFrame:
+        return frame_of([(self.small.studies[0].uid, self.stock_series)], SERIES_COLUMNS)
+
+
+def prepare(work: Path, s: Sizes) -> Data:
+    find = write_cohort(work / "find", 0, s.find_studies, s.find_series, s.find_per_series, 64)
+    small = write_cohort(work / "small", 1, 1, s.small_series, s.small_per_series, 64)
+    big = write_cohort(work / "big", 2, 1, 2, s.big_count // 2, s.big_size)
+    huge = write_cohort(work / "huge", 3, 1, 1, s.huge_count, s.huge_size)
+    q = work / "queries"
+    q.mkdir()
+    small_uid, stock_series = small.studies[0].uid, small.studies[0].series[0]
+    uids = [st.uid for st in find.studies]
+    queries = {
+        "small": [write_query(q / "small.dcm", "STUDY", StudyInstanceUID=small_uid)],
+        "big": [write_query(q / "big.dcm", "STUDY", StudyInstanceUID=big.studies[0].uid)],
+        "stock": [
+            write_query(
+                q / "stock.dcm",
+                "SERIES",
+                StudyInstanceUID=small_uid,
+                SeriesInstanceUID=stock_series,
+            )
+        ],
+        "find-one": [image_query_file(q / "find-one.dcm", {"StudyInstanceUID": uids})],
+        "per-series": [
+            image_query_file(
+                q / f"series-{i:04d}.dcm", dict(zip(SERIES_COLUMNS, pair, strict=True))
+            )
+            for i, pair in enumerate(find.series)
+        ],
+    }
+    return Data(find, small, big, huge, queries, stock_series)
+
+
+def tuned_groups(
+    bench: Bench, pacs: cnb.Pacs, d: Data, node: Callable[[], DicomNode], move_dir: Path
+) -> list[Group]:
+    q = d.queries
+    small, big = study_frame(d.small), study_frame(d.big)
+    size = dcmread_size(d.big)
+    groups = [
+        Group("cget-small", f"C-GET {d.small.instances} x 64x64, tuned Orthanc",
+              d.small.instances, d.small.bytes, "inst", [
+                  Case("clarinet_nb pacs.get MEMORY", pull_memory(pacs, small), True),
+                  Case("clarinet_nb pacs.get DISK", pull_disk(pacs, small), True),
+                  Case("clarinet_nb client.get_study MEMORY",
+                       core_get_memory(pacs, d.small.studies[0].uid), True),
+                  getscu_case(bench, q["small"], True, node),
+                  getscu_case(bench, q["small"], False, node, rounds=1),
+              ]),
+        Group("cget-512", f"C-GET {d.big.instances} x {size}, tuned Orthanc",
+              d.big.instances, d.big.bytes, "inst", [
+                  Case("clarinet_nb pacs.get MEMORY", pull_memory(pacs, big), True),
+                  Case("clarinet_nb pacs.get DISK", pull_disk(pacs, big), True),
+                  getscu_case(bench, q["big"], True, node),
+              ]),
+        Group("cmove-small", f"C-MOVE {d.small.instances} x 64x64, tuned Orthanc",
+              d.small.instances, d.small.bytes, "inst", [
+                  Case("clarinet_nb pacs.get(method='move') MEMORY",
+                       pull_memory(pacs, small, "move"), True),
+                  Case("clarinet_nb pacs.get(method='move') DISK",
+                       pull_disk(pacs, small, "move"), True),
+                  movescu_case(bench, q["small"][0], move_dir, node),
+              ]),
+        Group("cfind-one", f"C-FIND IMAGE, one query of {len(d.study_uids)} study UIDs",
+              d.find.instances, 0, "rows", [
+                  Case("clarinet_nb find_instances -> DataFrame",
+                       find_one_query(pacs, d.study_uids), True),
+                  findscu_case(bench, q["find-one"], node),
+              ]),
+        Group("cfind-series", f"C-FIND IMAGE, {len(q['per-series'])} per-series queries",
+              d.find.instances, 0, "rows", [
+                  Case("clarinet_nb find_instances(series frame)",
+                       find_per_series(pacs, d.series_frame), True),
+                  findscu_case(bench, q["per-series"], node),
+              ]),
+    ]  # fmt: skip
+    groups[-1].cases[1].notes.add(
+        f"one findscu process, {len(q['per-series'])} query files, one association"
+    )
+    return groups
+
+
+def dcmread_size(cohort: FastCohort) -> str:
+    ds = pydicom.dcmread(cohort.files[0], stop_before_pixels=True)
+    return f"{ds.Rows}x{ds.Columns}"
+
+
+def stock_group(bench: Bench, pacs: cnb.Pacs, d: Data, node: Callable[[], DicomNode]) -> Group:
+    count = d.small.studies[0].per_series
+    return Group(
+        "cget-stock", f"C-GET {count} x 64x64 (one series), STOCK Orthanc",
+        count, d.small.bytes * count // d.small.instances, "inst", [
+            Case("clarinet_nb pacs.get MEMORY", pull_memory(pacs, d.stock_frame), True),
+            Case("clarinet_nb pacs.get DISK", pull_disk(pacs, d.stock_frame), True),
+            getscu_case(bench, d.queries["stock"], False, node),
+            getscu_case(bench, d.queries["stock"], True, node),
+        ],
+    )  # fmt: skip
+
+
+def warm_up(pacs: cnb.Pacs, d: Data, work: Path) -> None:
+    """Untimed: imports, threads and the code paths of every clarinet_nb case."""
+    pacs.get(d.stock_frame, progress=False)
+    pacs.get(d.stock_frame, progress=False, method="move")
+    pacs.get(d.stock_frame, progress=False, output_dir=Path(tempfile.mkdtemp(dir=work)))
+    pacs.find_instances(d.stock_frame, progress=False)
+
+
+def run_rss(node: DicomNode, d: Data, repeat: int, report: dict[str, Any]) -> bool:
+    """The RSS of a ~500 MB in-memory pull, each in a fresh process; False if it failed."""
+    runs: list[dict[str, Any]] = []
+    report["rss"] = {"runs": runs, "bytes_files": d.huge.bytes}
+    print("in-memory pull, fresh process: ", end="", flush=True)
+    try:
+        for _ in range(repeat):
+            runs.append(rss_pull(node, d.huge.studies[0].uid, d.huge.instances))
+            print(".", end="", flush=True)
+    except Exception as exc:  # noqa: BLE001 - reported, exit status 1
+        report["rss_error"] = f"{type(exc).__name__}: {exc}"
+        print(f"\nFAILED: in-memory pull: {report['rss_error']}", file=sys.stderr)
+        return False
+    print(flush=True)
+    report["rss"]["median_peak_over_bytes"] = statistics.median(
+        (r["peak"] - r["baseline"]) / d.huge.bytes for r in runs
+    )
+    report["rss"]["median_mb_per_s"] = (
+        d.huge.bytes / MB / statistics.median(r["wall"] for r in runs)
+    )
+    return True
+
+
+def run_profiles(pacs: cnb.Pacs, d: Data, out: Path, stamp: str, work: Path) -> dict[str, str]:
+    small_uid = d.small.studies[0].uid
+    texts = profile(pacs, small_uid, d.study_uids, out, stamp)
+    paths = {k: str(out / f"speed-{stamp}-{k}.txt") for k in texts}
+    spied = pyspy_profile(
+        {
+            "cget-memory": lambda: pull_memory(pacs, study_frame(d.small))(work),
+            "cget-disk": lambda: pull_disk(pacs, study_frame(d.small))(
+                Path(tempfile.mkdtemp(dir=work))
+            ),
+            "cfind-one": lambda: find_one_query(pacs, d.study_uids)(work),
+            "cfind-series": lambda: find_per_series(pacs, d.series_frame)(work),
+        },
+        out,
+        stamp,
+    )
+    paths.update({f"py-spy {k}": str(out / f"speed-{stamp}-pyspy-{k}-top.txt") for k in spied})
+    return paths
 
 
 def load(orthanc: OrthancServer, bench: Bench, files: list[Path], parallel: int = 2) -> float:
@@ -603,21 +798,23 @@ def load(orthanc: OrthancServer, bench: Bench, files: list[Path], parallel: int 
     chunk = 2000
     batches = [files[i : i + chunk] for i in range(0, len(files), chunk)]
     running: list[subprocess.Popen[bytes]] = []
+
+    def finish(proc: subprocess.Popen[bytes]) -> None:
+        if proc.wait(timeout=TIMEOUT) != 0:
+            raise BenchError(f"storescu load exited {proc.returncode}")
+
     for batch in batches:
         while len(running) >= parallel:
-            proc = running.pop(0)
-            if proc.wait(timeout=TIMEOUT) != 0:
-                raise BenchError(f"storescu load exited {proc.returncode}")
+            finish(running.pop(0))
         running.append(
             subprocess.Popen(
                 [str(bench.dcmtk / "storescu"), "-aet", "LOADER", "-aec", orthanc.aet, "-xe",
                  orthanc.host, str(orthanc.port), *map(str, batch)],
-                env=nodelay_env(True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env=nodelay_env(True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         )  # fmt: skip
     for proc in running:
-        if proc.wait(timeout=TIMEOUT) != 0:
-            raise BenchError(f"storescu load exited {proc.returncode}")
+        finish(proc)
     return time.perf_counter() - t0
 
 
@@ -625,7 +822,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="every case small (~1 minute)")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (3; 1 quick)")
-    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiles")
     parser.add_argument("--dcmtk-bin", default=None, help="DCMTK folder (default /usr/bin)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--results", default=str(_ROOT / "benchmarks" / "results"))
@@ -634,16 +831,98 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def frame_of(rows: list[tuple[str, ...]], columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=columns)
+def machine_before(report: dict[str, Any], bench: Bench) -> None:
+    """What the machine did just before the run: 2 s of /proc/stat while we idle."""
+    first = Snapshot.take({})
+    time.sleep(2.0)
+    pre = Usage.between(first, Snapshot.take({}))
+    load = os.getloadavg()
+    report["machine"].update(others_share_before=pre.others_share(CPUS), loadavg_at_start=load)
+    print(
+        f"machine before the run: other processes used {pre.others_share(CPUS):.0%} of the CPU, "
+        f"load average {load[0]:.2f} ({CPUS} cpus)"
+    )
+    warning = busy_warning("before the run", pre.others_share(CPUS), load)
+    if warning:
+        bench.warnings.append(warning)
+        print(warning, file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear script
+def bench_all(args: argparse.Namespace, bench: Bench, report: dict[str, Any], stamp: str) -> bool:
+    """Generate, load, run every group; fills ``report``; False when something failed."""
+    work, out = bench.work, Path(args.results)
+    t0 = time.perf_counter()
+    d = prepare(work, QUICK if args.quick else FULL)
+    report["cohorts"] = {
+        k: {"instances": c.instances, "bytes": c.bytes} for k, c in d.cohorts.items()
+    }
+    report["generate_s"] = time.perf_counter() - t0
+    print(f"cohorts written in {report['generate_s']:.1f} s: " + ", ".join(
+        f"{k} {c.instances} inst {c.bytes / MB:.0f} MB" for k, c in d.cohorts.items()))  # fmt: skip
+    scp_port, storescp_port = free_port(), free_port()
+    moves = {
+        "clarinet": ("CLARINET", "127.0.0.1", scp_port),
+        "storescp": ("STORESCP", "127.0.0.1", storescp_port),
+    }
+    move_dir = work / "storescp-in"
+    bench.storescp = start_storescp(bench, storescp_port, move_dir)
+    groups: list[Group] = []
+    ok = True
+
+    def node() -> DicomNode:
+        assert bench.orthanc is not None
+        return DicomNode(aet=bench.orthanc.aet, host=bench.orthanc.host, port=bench.orthanc.port)
+
+    try:
+        for tuned in (True, False):  # the same storage, tuned then STOCK (Nagle on)
+            with OrthancServer(work / "orthanc", tuned=tuned, move_destinations=moves) as orthanc:
+                bench.orthanc = orthanc
+                if tuned:
+                    files = [f for c in d.cohorts.values() for f in c.files]
+                    report["load_s"] = load(orthanc, bench, files)
+                    print(f"loaded {len(files)} instances in {report['load_s']:.1f} s")
+                pacs = cnb.connect(node(), calling_aet="CLARINET", max_pdu=0, scp_port=scp_port)
+                try:
+                    warm_up(pacs, d, work)
+                    now = tuned_groups(bench, pacs, d, node, move_dir) if tuned else []
+                    now += [] if tuned else [stock_group(bench, pacs, d, node)]
+                    for group in now:
+                        bench.run_group(group, args.repeat)
+                    groups += now
+                    if tuned:
+                        ok &= run_rss(node(), d, args.repeat, report)
+                    if tuned and not args.no_profile:
+                        report["profiles"] = run_profiles(pacs, d, out, stamp, work)
+                finally:
+                    pacs.close()
+    finally:
+        if bench.storescp is not None:
+            bench.storescp.terminate()
+            bench.storescp.wait(timeout=30)
+        report["groups"] = {}
+        for group in groups:
+            rows = summarize(group)
+            ok &= not any(r["error"] for r in rows)
+            report["groups"][group.key] = {"title": group.title, "items": group.items,
+                                           "bytes": group.bytes, "cases": rows}  # fmt: skip
+            print_group(group, rows)
+        if "median_peak_over_bytes" in report.get("rss", {}):
+            rss = report["rss"]
+            print(
+                f"\n== in-memory pull of {d.huge.instances} x {dcmread_size(d.huge)} "
+                f"({d.huge.bytes / MB:.0f} MB), fresh process: (peak RSS - baseline) / bytes = "
+                f"{rss['median_peak_over_bytes']:.2f}  (median of {len(rss['runs'])}; "
+                f"{rss['median_mb_per_s']:.0f} MB/s, "
+                f"baseline {rss['runs'][0]['baseline'] / MB:.0f} MB)"
+            )
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     _config.LOG_RESPONSE_IDENTIFIERS = False
-    sizes = QUICK if args.quick else FULL
     dcmtk_bin = find_dcmtk(args.dcmtk_bin)
     if dcmtk_bin is None:
         print("DCMTK not found: this benchmark compares against it", file=sys.stderr)
@@ -653,232 +932,44 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_start = Snapshot.take({})
-    load0 = os.getloadavg()
     report: dict[str, Any] = {
         "benchmark": "speed",
         "started": started.isoformat(),
         "args": vars(args),
-        "sizes": vars(sizes),
-        "machine": {"loadavg_at_start": load0, "cpus": CPUS, "python": platform.python_version(),
+        "sizes": vars(QUICK if args.quick else FULL),
+        "machine": {"cpus": CPUS, "python": platform.python_version(),
                     "platform": platform.platform()},
         "versions": {"clarinet_nb": cnb.__version__, "clarinet_nb_path": cnb.__file__,
                      "pynetdicom": pynetdicom.__version__, "pydicom": pydicom.__version__,
                      "dcmtk": dcmtk_version(dcmtk_bin)},
-        "groups": {},
     }  # fmt: skip
-    # what the machine did just before: 2 s of /proc/stat with us idle
-    pre0 = Snapshot.take({})
-    time.sleep(2.0)
-    pre = Usage.between(pre0, Snapshot.take({}))
-    report["machine"]["others_share_before"] = pre.others_share(CPUS)
-    print(
-        f"machine before the run: other processes used {pre.others_share(CPUS):.0%} of the CPU, "
-        f"load average {load0[0]:.2f} ({CPUS} cpus)"
-    )
-    first = busy_warning("before the run", pre.others_share(CPUS), load0)
-    failed = False
-    groups: list[Group] = []
-    rss: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="clarinet-speed-", dir=args.workdir) as tmp:
-        work = Path(tmp)
-        bench = Bench(dcmtk=dcmtk_bin, work=work)
-        if first:
-            bench.warnings.append(first)
-            print(first, file=sys.stderr)
-        t0 = time.perf_counter()
-        s = sizes
-        find_c = write_cohort(work / "find", 0, s.find_studies, s.find_series, s.find_per_series, 64)
-        small_c = write_cohort(work / "small", 1, 1, s.small_series, s.small_per_series, 64)
-        big_c = write_cohort(work / "big", 2, 1, 2, s.big_count // 2, s.big_size)
-        huge_c = write_cohort(work / "huge", 3, 1, 1, s.huge_count, s.huge_size)
-        cohorts = {"find": find_c, "small": small_c, "big": big_c, "huge": huge_c}
-        report["cohorts"] = {k: {"instances": c.instances, "bytes": c.bytes} for k, c in cohorts.items()}
-        report["generate_s"] = time.perf_counter() - t0
-        print(f"cohorts written in {report['generate_s']:.1f} s: " + ", ".join(
-            f"{k} {c.instances} inst {c.bytes / MB:.0f} MB" for k, c in cohorts.items()))  # fmt: skip
-
-        scp_port, storescp_port = free_port(), free_port()
-        moves = {
-            "clarinet": ("CLARINET", "127.0.0.1", scp_port),
-            "storescp": ("STORESCP", "127.0.0.1", storescp_port),
-        }
-        move_dir = work / "storescp-in"
-        bench.storescp = start_storescp(bench, storescp_port, move_dir)
-        node_now: list[DicomNode] = []
-
-        def node() -> DicomNode:
-            return node_now[0]
-
-        qdir = work / "queries"
-        qdir.mkdir()
-        small_uid = small_c.studies[0].uid
-        q_small = write_query(qdir / "small.dcm", "STUDY", StudyInstanceUID=small_uid)
-        q_big = write_query(qdir / "big.dcm", "STUDY", StudyInstanceUID=big_c.studies[0].uid)
-        stock_series = small_c.studies[0].series[0]
-        q_stock = write_query(qdir / "stock.dcm", "SERIES", StudyInstanceUID=small_uid,
-                              SeriesInstanceUID=stock_series)  # fmt: skip
-        study_uids = [st.uid for st in find_c.studies]
-        q_find_one = image_query_file(qdir / "find-one.dcm", {"StudyInstanceUID": study_uids})
-        q_per_series = [
-            image_query_file(qdir / f"series-{i:04d}.dcm",
-                             {"StudyInstanceUID": st, "SeriesInstanceUID": se})
-            for i, (st, se) in enumerate(find_c.series)
-        ]  # fmt: skip
-        series_frame = frame_of(find_c.series, ["StudyInstanceUID", "SeriesInstanceUID"])
-
-        def study_frame(c: FastCohort) -> pd.DataFrame:
-            return frame_of([(c.studies[0].uid,)], ["StudyInstanceUID"])
-
-        try:
-            with OrthancServer(work / "orthanc", tuned=True, move_destinations=moves) as orthanc:
-                bench.orthanc = orthanc
-                node_now[:] = [DicomNode(aet=orthanc.aet, host=orthanc.host, port=orthanc.port)]
-                all_files = [f for c in cohorts.values() for f in c.files]
-                report["load_s"] = load(orthanc, bench, all_files)
-                print(f"loaded {len(all_files)} instances in {report['load_s']:.1f} s")
-                pacs = cnb.connect(node(), calling_aet="CLARINET", max_pdu=0, scp_port=scp_port)
-                # warm-up, untimed: imports, threads, the code paths of every case
-                warm = frame_of([(small_uid, stock_series)], ["StudyInstanceUID", "SeriesInstanceUID"])
-                pacs.get(warm, progress=False)
-                pacs.get(warm, progress=False, method="move")
-                pacs.get(warm, progress=False, output_dir=work / "warm")
-                pacs.find_instances(warm, progress=False)
-
-                n_small, n_big = small_c.instances, big_c.instances
-                groups += [
-                    Group("cget-small", f"C-GET {n_small} x 64x64, tuned Orthanc", n_small,
-                          small_c.bytes, "inst", [
-                              Case("clarinet_nb pacs.get MEMORY", pull_memory(pacs, study_frame(small_c)), True),
-                              Case("clarinet_nb pacs.get DISK", pull_disk(pacs, study_frame(small_c)), True),
-                              Case("clarinet_nb client.get_study MEMORY",
-                                   core_get_memory(pacs, small_uid), True),
-                              getscu_case(bench, [q_small], True, node),
-                              getscu_case(bench, [q_small], False, node, rounds=1),
-                          ]),
-                    Group("cget-512", f"C-GET {n_big} x {s.big_size}x{s.big_size}, tuned Orthanc",
-                          n_big, big_c.bytes, "inst", [
-                              Case("clarinet_nb pacs.get MEMORY", pull_memory(pacs, study_frame(big_c)), True),
-                              Case("clarinet_nb pacs.get DISK", pull_disk(pacs, study_frame(big_c)), True),
-                              getscu_case(bench, [q_big], True, node),
-                          ]),
-                    Group("cmove-small", f"C-MOVE {n_small} x 64x64, tuned Orthanc", n_small,
-                          small_c.bytes, "inst", [
-                              Case("clarinet_nb pacs.get(method='move') MEMORY",
-                                   pull_memory(pacs, study_frame(small_c), "move"), True),
-                              Case("clarinet_nb pacs.get(method='move') DISK",
-                                   pull_disk(pacs, study_frame(small_c), "move"), True),
-                              movescu_case(bench, q_small, move_dir, node),
-                          ]),
-                    Group("cfind-one", f"C-FIND IMAGE, one query of {len(study_uids)} study UIDs",
-                          find_c.instances, 0, "rows", [
-                              Case("clarinet_nb find_instances -> DataFrame",
-                                   find_one_query(pacs, study_uids), True),
-                              findscu_case(bench, [q_find_one], node),
-                          ]),
-                    Group("cfind-series", f"C-FIND IMAGE, {len(q_per_series)} per-series queries",
-                          find_c.instances, 0, "rows", [
-                              Case("clarinet_nb find_instances(series frame)",
-                                   find_per_series(pacs, series_frame), True),
-                              findscu_case(bench, q_per_series, node),
-                          ]),
-                ]  # fmt: skip
-                groups[-1].cases[1].notes.add(
-                    f"one findscu process, {len(q_per_series)} query files, one association"
-                )
-                for group in groups:
-                    bench.run_group(group, args.repeat)
-                # the RSS of a ~500 MB in-memory pull, each in a fresh process
-                print("in-memory pull, fresh process: ", end="", flush=True)
-                try:
-                    for _ in range(args.repeat):
-                        rss.append(rss_pull(node(), huge_c.studies[0].uid, huge_c.instances))
-                        print(".", end="", flush=True)
-                except Exception as exc:  # noqa: BLE001 - reported, exit status 1
-                    report["rss_error"] = f"{type(exc).__name__}: {exc}"
-                    failed = True
-                print(flush=True)
-                report["rss"] = {"runs": rss, "bytes_files": huge_c.bytes}
-                if not args.no_profile:
-                    texts = profile(pacs, small_uid, study_uids, out_dir, stamp)
-                    report["profiles"] = {k: str(out_dir / f"speed-{stamp}-{k}.txt") for k in texts}
-                    spied = pyspy_profile(
-                        {
-                            "cget-memory": lambda: pull_memory(pacs, study_frame(small_c))(work),
-                            "cget-disk": lambda: pull_disk(pacs, study_frame(small_c))(
-                                Path(tempfile.mkdtemp(dir=work))
-                            ),
-                            "cfind-one": lambda: find_one_query(pacs, study_uids)(work),
-                            "cfind-series": lambda: find_per_series(pacs, series_frame)(work),
-                        },
-                        out_dir,
-                        stamp,
-                    )
-                    report["profiles"].update(
-                        {f"py-spy {k}": str(out_dir / f"speed-{stamp}-pyspy-{k}-top.txt")
-                         for k in spied}
-                    )  # fmt: skip
-                pacs.close()
-            # the same storage served by a STOCK Orthanc (Nagle on)
-            with OrthancServer(work / "orthanc", tuned=False, move_destinations=moves) as orthanc:
-                bench.orthanc = orthanc
-                node_now[:] = [DicomNode(aet=orthanc.aet, host=orthanc.host, port=orthanc.port)]
-                pacs = cnb.connect(node(), calling_aet="CLARINET", max_pdu=0, scp_port=scp_port)
-                stock_frame = frame_of([(small_uid, stock_series)],
-                                       ["StudyInstanceUID", "SeriesInstanceUID"])  # fmt: skip
-                pacs.find_instances(stock_frame, progress=False)  # warm-up
-                stock = Group("cget-stock", f"C-GET {s.stock_count} x 64x64 (one series), STOCK Orthanc",
-                              s.stock_count, small_c.bytes * s.stock_count // n_small, "inst", [
-                                  Case("clarinet_nb pacs.get MEMORY", pull_memory(pacs, stock_frame), True),
-                                  Case("clarinet_nb pacs.get DISK", pull_disk(pacs, stock_frame), True),
-                                  getscu_case(bench, [q_stock], False, node),
-                                  getscu_case(bench, [q_stock], True, node),
-                              ])  # fmt: skip
-                bench.run_group(stock, args.repeat)
-                groups.append(stock)
-                pacs.close()
-        finally:
-            if bench.storescp is not None:
-                bench.storescp.terminate()
-                bench.storescp.wait(timeout=30)
-
-    for group in groups:
-        rows = summarize(group)
-        failed |= any(r["error"] for r in rows)
-        report["groups"][group.key] = {"title": group.title, "items": group.items,
-                                       "bytes": group.bytes, "cases": rows}  # fmt: skip
-        print_group(group, rows)
-    if rss:
-        med = statistics.median((r["peak"] - r["baseline"]) / huge_c.bytes for r in rss)
-        wall = statistics.median(r["wall"] for r in rss)
-        report["rss"]["median_peak_over_bytes"] = med
-        print(
-            f"\n== in-memory pull of {huge_c.instances} x {s.huge_size}x{s.huge_size} "
-            f"({huge_c.bytes / MB:.0f} MB), fresh process: (peak RSS - baseline) / bytes = "
-            f"{med:.2f}  (median of {len(rss)}; {huge_c.bytes / MB / wall:.0f} MB/s, "
-            f"baseline {rss[0]['baseline'] / MB:.0f} MB)"
-        )
-    if groups:
+        bench = Bench(dcmtk=dcmtk_bin, work=Path(tmp))
+        machine_before(report, bench)
+        ok = bench_all(args, bench, report, stamp)
+    if report.get("groups"):
         report["targets_markdown"] = target_table(report)
         print("\n== the targets of issue 8, this run\n" + report["targets_markdown"])
-    if "profiles" in report:
-        for name, path in report["profiles"].items():
-            print(f"\nprofile {name}: {path}")
+    for name, path in report.get("profiles", {}).items():
+        print(f"profile {name}: {path}")
     whole = Usage.between(run_start, Snapshot.take({}))
-    report["machine"]["loadavg_at_end"] = os.getloadavg()
-    report["machine"]["wall_s"] = whole.wall
-    report["machine"]["idle_share_run"] = whole.idle_share
+    report["machine"].update(
+        loadavg_at_end=os.getloadavg(), wall_s=whole.wall, idle_share_run=whole.idle_share
+    )
     report["warnings"] = bench.warnings
-    print(f"\nwhole run: {whole.wall:.0f} s, machine idle {whole.idle_share:.0%}, load average "
-          f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(
+        f"\nwhole run: {whole.wall:.0f} s, machine idle {whole.idle_share:.0%} of the time, "
+        f"load average {report['machine']['loadavg_at_start'][0]:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
     for warning in bench.warnings:
         print(warning, file=sys.stderr)
     report["finished"] = datetime.now(UTC).isoformat()
     out = out_dir / f"speed-{stamp}.json"
     out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     print(f"results: {out}")
-    if failed:
+    if not ok:
         print("SOME CASES FAILED (see FAILED rows above)", file=sys.stderr)
-    return 1 if failed else 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

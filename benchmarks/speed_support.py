@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import UID
 
 from clarinet_nb.testing import generate_bulk
 
@@ -71,7 +72,7 @@ def write_cohort(
     ds = dcmread(one.instances[0].path)
     holders = [_uid(k, 9, 89999, 899, 899999) for k in (1, 2, 3)]
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = holders
-    ds.file_meta.MediaStorageSOPInstanceUID = holders[2]
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(holders[2])
     ds.InstanceNumber = _INSTANCE_PLACEHOLDER.decode()
     ds.save_as(template_dir / "template.dcm", enforce_file_format=True)
     data = (template_dir / "template.dcm").read_bytes()
