@@ -951,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
         report["targets_markdown"] = target_table(report)
         print("\n== the targets of issue 8, this run\n" + report["targets_markdown"])
     for name, path in report.get("profiles", {}).items():
-        print(f"profile {name}: {path}")
+        print(f"\n== profile {name} ({path})\n{Path(path).read_text(encoding='utf-8')}")
     whole = Usage.between(run_start, Snapshot.take({}))
     report["machine"].update(
         loadavg_at_end=os.getloadavg(), wall_s=whole.wall, idle_share_run=whole.idle_share
