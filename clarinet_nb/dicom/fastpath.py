@@ -55,7 +55,6 @@ from clarinet_nb.dicom.wire import (
     WireTimeoutError,
     command_uid,
     command_us,
-    parse_command,
     pdata_pdus,
     store_response,
 )
@@ -263,7 +262,7 @@ class _Run:
                     self.service_cancel()
                     if time.monotonic() >= reader.grace:
                         raise WireTimeoutError("cancel")
-                context_id, command, data = self.next_message()
+                context_id, command, data = reader.next_message()
                 reader.deadline = time.monotonic() + dimse
                 field = command_us(command, 0x0100)
                 if field == C_STORE_RQ:
@@ -322,36 +321,6 @@ class _Run:
         except BaseException:
             self.abort()
             raise
-
-    def next_message(self) -> tuple[int, dict[int, bytes], bytearray | None]:
-        """(context ID, command set, dataset or None) of the next DIMSE message."""
-        reader = self.reader
-        raw = bytearray()
-        command: dict[int, bytes] | None = None
-        data: bytearray | None = None
-        context: int | None = None
-        while True:
-            context_id, control, length = reader.next_pdv()
-            if context is None:
-                context = context_id
-            elif context_id != context:
-                raise ProtocolError("fragments of one message on different contexts")
-            if control & 0x01:
-                if command is not None:
-                    raise ProtocolError("a command fragment after the command set ended")
-                reader.copy_into(raw, length)
-                if control & 0x02:
-                    command = parse_command(raw)
-                    if command_us(command, 0x0800) == NO_DATASET:
-                        return context, command, None
-                    data = bytearray()
-            else:
-                if data is None:
-                    raise ProtocolError("a dataset fragment before its command set")
-                reader.copy_into(data, length)
-                if control & 0x02:
-                    assert command is not None
-                    return context, command, data
 
     def store(self, context_id: int, command: dict[int, bytes], data: bytearray | None) -> None:
         """Hand one C-STORE-RQ to the storage handler and answer it."""

@@ -35,6 +35,7 @@ _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
 P_DATA_TF = 0x04
+NO_DATASET = 0x0101  # Command Data Set Type: no dataset follows
 #: largest non-P-DATA PDU we read whole (A-RELEASE-RQ, A-ABORT are 10 bytes)
 _SMALL_PDU = 1 << 16
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -313,6 +314,39 @@ class PduReader:
             raise ProtocolError("P-DATA-TF: PDV item length beyond its PDU")
         self.pdu_left -= 4 + item
         return int(context_id), int(control), int(item - 2)
+
+
+    def next_message(self) -> tuple[int, dict[int, bytes], bytearray | None]:
+        """(context ID, command set, dataset or None) of the next DIMSE message.
+
+        Command fragments are joined and parsed once the last one arrived; dataset
+        fragments are appended to one ``bytearray`` straight from the read buffer."""
+        raw = bytearray()
+        command: dict[int, bytes] | None = None
+        data: bytearray | None = None
+        context: int | None = None
+        while True:
+            context_id, control, length = self.next_pdv()
+            if context is None:
+                context = context_id
+            elif context_id != context:
+                raise ProtocolError("fragments of one message on different contexts")
+            if control & 0x01:
+                if command is not None:
+                    raise ProtocolError("a command fragment after the command set ended")
+                self.copy_into(raw, length)
+                if control & 0x02:
+                    command = parse_command(raw)
+                    if command_us(command, 0x0800) == NO_DATASET:
+                        return context, command, None
+                    data = bytearray()
+            else:
+                if data is None:
+                    raise ProtocolError("a dataset fragment before its command set")
+                self.copy_into(data, length)
+                if control & 0x02:
+                    assert command is not None
+                    return context, command, data
 
 
 class PeerPduError(Exception):
