@@ -9,15 +9,18 @@ decoded into a pydicom Dataset only when a sink asks for one.
 
 from __future__ import annotations
 
+import functools
 from io import BytesIO
 from typing import Protocol, cast
 
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
-from pynetdicom import evt
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta, decode
+from pynetdicom.dsutils import decode
 
 __all__ = ["EventInstance", "RawInstance", "ReceivedInstance"]
 
@@ -84,11 +87,38 @@ class RawInstance:
         )
 
     def file_meta(self) -> FileMetaDataset:
-        return create_file_meta(
-            sop_class_uid=UID(self.sop_class_uid),
-            sop_instance_uid=UID(self.sop_instance_uid),
-            transfer_syntax=UID(self.transfer_syntax),
-        )
+        """The same elements as pynetdicom's ``create_file_meta``, built from raw
+        elements (decoded when first read) rather than validated one by one."""
+        meta = FileMetaDataset()
+        meta._dict.update(_meta_template(self.sop_class_uid, self.transfer_syntax))
+        meta._dict[_SOP_INSTANCE] = _raw_ui(_SOP_INSTANCE, self.sop_instance_uid)
+        return meta
+
+
+_SOP_INSTANCE = Tag(0x00020003)
+
+
+def _raw(tag: BaseTag, vr: str, value: bytes) -> RawDataElement:
+    return RawDataElement(tag, vr, len(value), value, 0, False, True, True, False)
+
+
+def _raw_ui(tag: BaseTag, uid: str) -> RawDataElement:
+    value = uid.encode("ascii", "replace")
+    return _raw(tag, "UI", value + b"\x00" * (len(value) % 2))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_template(sop_class_uid: str, transfer_syntax: str) -> dict[BaseTag, RawDataElement]:
+    """The File Meta elements shared by the instances of one SOP class and syntax."""
+    version = str(PYNETDICOM_IMPLEMENTATION_VERSION).encode("ascii")
+    return {
+        Tag(0x00020000): _raw(Tag(0x00020000), "UL", b"\x00" * 4),
+        Tag(0x00020001): _raw(Tag(0x00020001), "OB", b"\x00\x01"),
+        Tag(0x00020002): _raw_ui(Tag(0x00020002), sop_class_uid),
+        Tag(0x00020010): _raw_ui(Tag(0x00020010), transfer_syntax),
+        Tag(0x00020012): _raw_ui(Tag(0x00020012), str(PYNETDICOM_IMPLEMENTATION_UID)),
+        Tag(0x00020013): _raw(Tag(0x00020013), "SH", version + b" " * (len(version) % 2)),
+    }
 
 
 class EventInstance:
