@@ -128,7 +128,7 @@ class Settings(BaseSettings):
 
     # Speed.
     fast_path: bool = Field(
-        False,
+        True,
         description="Receive C-GET instances on the lean path (raw PDUs, no pynetdicom "
         "or pydicom objects per instance); False: pynetdicom's own receive path.",
     )
