@@ -169,6 +169,21 @@ def test_messages_from_fragments_split_across_pdus_and_several_pdvs_per_pdu(
     writer.join(10)
 
 
+def test_pdus_after_the_last_message_are_read_whole_for_pynetdicom(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    rsp = _element(0x0100, struct.pack("<H", 0x8010)) + _element(0x0800, b"\x01\x01")
+    release = PDU_HEAD.pack(0x05, 4) + b"\x00" * 4
+    # the final response and the first 3 bytes of an A-RELEASE-RQ arrive together
+    theirs.sendall(pdu(pdv(1, 0x03, rsp)) + release[:3])
+    reader = PduReader(ours, network=10)
+    assert reader.next_message()[2] is None
+    feed(theirs, [release[3:]])
+    assert reader.leftover() == [release]
+    assert reader.end == reader.pos
+
+
 def test_command_parse_any_order_and_optional_elements() -> None:
     command = parse_command(store_rq(9, "1.2.3", "1.2.3.4.5", random.Random(1)))
     assert command_us(command, 0x0110) == 9
@@ -614,4 +629,70 @@ def test_connection_reset_in_the_middle_of_an_instance(
     assert result.received == 1
     files = _tree(tmp_path)
     assert [Path(p).stem for p in files] == result.received_sop_instance_uids
+    assert _no_association_threads()
+
+
+# -- a peer that aborts with an A-ABORT PDU ---------------------------------------------------
+
+
+@pytest.fixture
+def aborting_peer(cohort: Cohort) -> Iterator[tuple[DicomNode, list[str]]]:
+    """A real pynetdicom C-GET SCP that sends two instances of a study, then A-ABORT."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    from clarinet_nb.testing import free_port
+
+    study = cohort.studies()[0]
+    instances = [i for i in cohort.instances_in(study) if i.sop_class_uid.endswith(".1.2")]
+    sent: list[str] = []
+
+    def on_get(event: evt.Event) -> Iterator[Any]:
+        yield len(instances)
+        for inst in instances:
+            if len(sent) == 2:
+                event.assoc.abort()
+                return
+            sent.append(inst.sop_uid)
+            yield 0xFF00, dcmread(inst.path)
+
+    ae = AE("ABORTER")
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, scp_role=True, scu_role=False)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)]
+    )
+    yield DicomNode(aet="ABORTER", host="127.0.0.1", port=port), sent
+    server.shutdown()
+
+
+def test_peer_a_abort_in_the_middle_of_a_retrieve(
+    monkeypatch: pytest.MonkeyPatch,
+    aborting_peer: tuple[DicomNode, list[str]],
+    cohort: Cohort,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(settings, "fast_path", True)
+    spy = Spy(monkeypatch)
+    peer, sent = aborting_peer
+    ops = DicomOperations(timeouts=TEST_TIMEOUTS)
+    with pytest.raises(PartialRetrieveError) as caught:
+        ops.retrieve(
+            "get",
+            RetrieveRequest.study(cohort.studies()[0]),
+            peer,
+            StorageConfig(mode=StorageMode.DISK, output_dir=tmp_path),
+            query_first=False,
+        )
+    assert spy.calls == 1
+    assert isinstance(caught.value.__cause__, AssociationAbortedError)
+    assert "aborted the association" in str(caught.value.__cause__)
+    result = caught.value.result
+    assert sorted(result.received_sop_instance_uids) == sorted(sent) and len(sent) == 2
+    assert sorted(Path(p).stem for p in _tree(tmp_path)) == sorted(sent)
     assert _no_association_threads()

@@ -40,7 +40,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ
 from pynetdicom.dimse_primitives import C_CANCEL, C_GET
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RQ, P_DATA_TF
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
 
 from clarinet_nb.dicom.association import Timeouts, abort
 from clarinet_nb.dicom.cancel import CancelToken
@@ -76,7 +76,12 @@ _COUNTS = (
     (0x1022, "NumberOfFailedSuboperations"),
     (0x1023, "NumberOfWarningSuboperations"),
 )
-_EVENT_OF_PDU = {0x05: (A_RELEASE_RQ, "Evt12"), 0x07: (A_ABORT_RQ, "Evt16")}
+_EVENT_OF_PDU: dict[int, tuple[type[Any], str]] = {
+    0x04: (P_DATA_TF, "Evt10"),
+    0x05: (A_RELEASE_RQ, "Evt12"),
+    0x06: (A_RELEASE_RP, "Evt13"),
+    0x07: (A_ABORT_RQ, "Evt16"),
+}
 
 
 class DulGate:
@@ -380,8 +385,21 @@ class _Run:
     # giving the socket back ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Give the socket back to pynetdicom (if not yet) and free the wake-up pipe."""
+        """Give the socket back to pynetdicom (if not yet) and free the wake-up pipe.
+
+        PDUs the peer already sent after the final response (partly read into our
+        buffer) are read whole and handed to pynetdicom, as if its reader had read them."""
+        leftovers: list[bytes] = []
+        if not self.handed_back and self.reader.end > self.reader.pos:
+            self.reader.deadline = time.monotonic() + self.owner.timeouts.dimse
+            try:
+                leftovers = self.reader.leftover()
+            except Exception as exc:  # noqa: BLE001 - the stream is unusable: abort
+                logger.debug("unreadable data after the C-GET: %s", exc)
+                self.abort()
         self.restore()
+        for pdu in leftovers:
+            self._inject(pdu)
         self.owner.gate.release()
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
@@ -397,24 +415,30 @@ class _Run:
     def hand_back(self, pdu: PeerPduError | None) -> None:
         """Give pynetdicom's state machine what the peer sent (None: connection closed)."""
         self.restore()
-        dul = self.assoc.dul
-        if pdu is not None and pdu.kind in _EVENT_OF_PDU:
-            cls, event = _EVENT_OF_PDU[pdu.kind]
-            decoded = cls()
-            try:
-                decoded.decode(pdu.pdu)
-            except Exception:  # noqa: BLE001 - undecodable: as a closed connection
-                dul.event_queue.put("Evt17")
-            else:
-                dul._recv_pdu.put(decoded)
-                dul.event_queue.put(event)
-        elif pdu is not None:
-            dul.event_queue.put("Evt19")  # unrecognised PDU: pynetdicom aborts
+        if pdu is not None:
+            self._inject(pdu.pdu)
         else:
-            dul.event_queue.put("Evt17")
+            self.assoc.dul.event_queue.put("Evt17")
         self.owner.gate.release()
         if pdu is not None and pdu.kind == 0x05:
             self._answer_release()
+
+    def _inject(self, raw: bytes) -> None:
+        """Queue one whole PDU for pynetdicom's state machine (the DUL is held)."""
+        dul = self.assoc.dul
+        known = _EVENT_OF_PDU.get(raw[0])
+        if known is None:
+            dul.event_queue.put("Evt19")  # unexpected here: pynetdicom aborts
+            return
+        cls, event = known
+        decoded = cls()
+        try:
+            decoded.decode(raw)
+        except Exception:  # noqa: BLE001 - undecodable, as pynetdicom: Evt19
+            dul.event_queue.put("Evt19")
+            return
+        dul._recv_pdu.put(decoded)
+        dul.event_queue.put(event)
 
     def _answer_release(self) -> None:
         """The peer asked to release mid-C-GET: answer it, as pynetdicom's acceptor does."""

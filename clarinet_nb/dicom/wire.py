@@ -213,33 +213,51 @@ class PduReader:
 
     def _wait(self, events: int) -> None:
         """Block until the socket is ready for ``events`` or a deadline passes."""
-        if events != select.POLLIN:
-            self.poller.modify(self.sock.fileno(), events)
-        try:
-            while True:
-                now = time.monotonic()
-                limits = [(self.deadline, "dimse"), (self.grace, "cancel")]
-                if self.network:
-                    limits.append((self.last_data + self.network, "network"))
-                limit, name = min(limits)
-                if now >= limit:
-                    raise WireTimeoutError(name)
-                ready = self.poller.poll(min(limit - now, 0.25) * 1000 + 1)
-                woke = False
-                for fd, _ in ready:
-                    if fd == self.wake_fd:
-                        woke = True
-                    else:
-                        return
-                if woke:
-                    _drain(self.wake_fd)
-                    if self.on_wake is not None:
-                        self.on_wake()
-                if self.check is not None:
-                    self.check()
-        finally:
-            if events != select.POLLIN:
-                self.poller.modify(self.sock.fileno(), select.POLLIN | select.POLLPRI)
+        if events != select.POLLIN:  # sending: the socket alone (no wake-ups mid-PDU)
+            self._wait_writable()
+            return
+        while True:
+            now = time.monotonic()
+            limits = [(self.deadline, "dimse"), (self.grace, "cancel")]
+            if self.network:
+                limits.append((self.last_data + self.network, "network"))
+            limit, name = min(limits)
+            if now >= limit:
+                raise WireTimeoutError(name)
+            ready = self.poller.poll(min(limit - now, 0.25) * 1000 + 1)
+            woke = False
+            for fd, _ in ready:
+                if fd == self.wake_fd:
+                    woke = True
+                else:
+                    return
+            if woke:
+                _drain(self.wake_fd)
+                if self.on_wake is not None:
+                    self.on_wake()
+            if self.check is not None:
+                self.check()
+
+    def _wait_writable(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLOUT)
+        limit = time.monotonic() + (self.network or 120.0)
+        while not poller.poll(250):
+            if time.monotonic() >= limit:
+                raise WireTimeoutError("network")
+            if self.check is not None:
+                self.check()
+
+    def leftover(self) -> list[bytes]:
+        """Whole PDUs already (partly) read past the last message, read to their end:
+        what the peer sent after our exchange, for pynetdicom to handle."""
+        pdus: list[bytes] = []
+        while self.end > self.pos and not self.pdu_left:
+            kind, length = self.pdu_header()
+            body = bytearray()
+            self.copy_into(body, length)
+            pdus.append(PDU_HEAD.pack(kind, length) + bytes(body))
+        return pdus
 
     def send(self, data: bytes) -> None:
         """Send all of ``data`` (the socket is non-blocking)."""
