@@ -265,9 +265,7 @@ def test_store_response_is_what_pynetdicom_encodes(status: int) -> None:
     message = C_STORE_RSP()
     message.primitive_to_message(primitive)
     expected = encode(message.command_set, True, True)
-    got = store_response(
-        513, "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.1", status
-    )
+    got = store_response(513, "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.1", status)
     assert got == expected
 
 

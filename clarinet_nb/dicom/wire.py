@@ -333,7 +333,6 @@ class PduReader:
         self.pdu_left -= 4 + item
         return int(context_id), int(control), int(item - 2)
 
-
     def next_message(self) -> tuple[int, dict[int, bytes], bytearray | None]:
         """(context ID, command set, dataset or None) of the next DIMSE message.
 
