@@ -15,8 +15,8 @@ releases it; between the C-GET-RQ and its final C-GET-RSP the socket is ours:
   fragmented under the peer's max PDU;
 - C-CANCEL is sent when the cancel token fires (a wake-up pipe interrupts the
   wait), the association aborted if the peer ignores it for ``cancel`` seconds;
-- ``dimse`` seconds without a complete PDU, or ``network`` seconds without a byte,
-  abort the association;
+- ``dimse`` seconds without a complete DIMSE message (as pynetdicom), or ``network``
+  seconds without a byte, abort the association (DicomTimeoutError);
 - an A-ABORT, A-RELEASE-RQ or closed connection from the peer is handed to
   pynetdicom's state machine, exactly as if its reader had read it.
 
