@@ -159,7 +159,7 @@ def test_messages_from_fragments_split_across_pdus_and_several_pdvs_per_pdu(
         context, parsed, got = reader.next_message()
         assert context == 3
         assert parsed == parse_command(command)
-        assert got == data
+        assert got is not None and bytes(got) == data
         assert command_us(parsed, 0x0100) == 0x0001
     context, parsed, got = reader.next_message()
     assert (context, got, command_us(parsed, 0x1021)) == (1, None, 4)
@@ -659,12 +659,14 @@ def aborting_peer(cohort: Cohort) -> Iterator[tuple[DicomNode, list[str]]]:
 
     ae = AE("ABORTER")
     for cx in StoragePresentationContexts:
+        assert cx.abstract_syntax is not None
         ae.add_supported_context(cx.abstract_syntax, scp_role=True, scu_role=False)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
     port = free_port()
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)]
     )
+    assert server is not None
     yield DicomNode(aet="ABORTER", host="127.0.0.1", port=port), sent
     server.shutdown()
 
