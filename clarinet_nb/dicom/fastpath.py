@@ -183,7 +183,14 @@ class FastGet:
                 f"the association with {self.peer} was aborted or the connection dropped "
                 "before the C-GET request"
             )
-        run = _Run(self, context_id, msg_id)
+        try:
+            run = _Run(self, context_id, msg_id)
+        except (WireClosedError, OSError) as exc:
+            self.gate.release()
+            raise AssociationAbortedError(
+                f"the association with {self.peer} lost its connection before the C-GET "
+                f"request ({exc})"
+            ) from None
         remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
         try:
             return run.go(rq, syntax)
