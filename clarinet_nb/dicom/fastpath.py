@@ -229,9 +229,9 @@ class _Run:
         if sock is None:
             raise WireClosedError("no socket")
         self.sock = sock
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.saved_timeout = sock.gettimeout()
         sock.settimeout(0.0)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.cancel_requested = False
         self.cancel_sent = False
         self.reader = PduReader(
