@@ -46,6 +46,7 @@ from clarinet_nb.dicom.contexts import (
     plan_get_chunks,
     plan_syntax_chunks,
 )
+from clarinet_nb.dicom.fastpath import FastGet
 from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
 from clarinet_nb.dicom.models import (
     DicomNode,
@@ -614,8 +615,15 @@ class DicomOperations:
             if identifiers is None:
                 identifiers = self._get_identifiers(assoc, request, plan, chunk, n_chunks, handler)
 
+            fast = FastGet(assoc, handler, peer, self.timeouts) if settings.fast_path else None
+
             def send(identifier: Dataset) -> None:
                 counters.msg_id = counters.msg_id % 65535 + 1
+                if fast is not None:  # the lean receive path (fastpath.py)
+                    final = fast.get(identifier, model, counters.msg_id, cancel)
+                    if final is not None:
+                        counters.final(*final)
+                    return
                 responses = assoc.send_c_get(identifier, model, msg_id=counters.msg_id)
                 self._consume(
                     assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET", model
