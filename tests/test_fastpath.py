@@ -696,3 +696,15 @@ def test_peer_a_abort_in_the_middle_of_a_retrieve(
     assert sorted(result.received_sop_instance_uids) == sorted(sent) and len(sent) == 2
     assert sorted(Path(p).stem for p in _tree(tmp_path)) == sorted(sent)
     assert _no_association_threads()
+
+
+def test_elements_appended_to_a_command_set_are_kept_apart() -> None:
+    """Orthanc appends the Failed SOP Instance UID List to a final C-GET-RSP's command set
+    (Command Data Set Type 0x0101); tests/test_errors.py shows it against the real peer."""
+    from clarinet_nb.dicom.wire import TRAILING
+
+    status = struct.pack("<HHI", 0, 0x0900, 2) + struct.pack("<H", 0xC000)
+    failed = struct.pack("<HHI", 8, 0x0058, 6) + b"1.2.3\x00"
+    command = parse_command(status + failed)
+    assert command[0x0900] == struct.pack("<H", 0xC000)
+    assert command[TRAILING] == failed

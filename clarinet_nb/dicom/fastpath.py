@@ -48,6 +48,7 @@ from clarinet_nb.dicom.handlers import StorageHandler, plain_address
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.received import RawInstance
 from clarinet_nb.dicom.wire import (
+    TRAILING,
     PduReader,
     PeerPduError,
     ProtocolError,
@@ -377,14 +378,18 @@ class _Run:
             if value is not None:
                 setattr(ds, keyword, value)
         identifier: Dataset | None = None
-        if data:
+        trailing = command.get(TRAILING)
+        if data or trailing:
             try:
-                identifier = decode(
-                    BytesIO(bytes(data)),
-                    syntax.is_implicit_VR,
-                    syntax.is_little_endian,
-                    syntax.is_deflated,
-                )
+                if data:
+                    identifier = decode(
+                        BytesIO(bytes(data)),
+                        syntax.is_implicit_VR,
+                        syntax.is_little_endian,
+                        syntax.is_deflated,
+                    )
+                else:  # appended to the command set itself: Implicit VR Little Endian
+                    identifier = decode(BytesIO(trailing or b""), True, True, False)
             except Exception:  # noqa: BLE001 - as pynetdicom: no identifier
                 logger.error("could not decode the identifier of the final C-GET response")
         return ds, identifier

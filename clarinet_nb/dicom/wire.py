@@ -24,6 +24,7 @@ __all__ = [
     "WireTimeoutError",
     "command_uid",
     "command_us",
+    "TRAILING",
     "parse_command",
     "pdata_pdus",
     "store_response",
@@ -57,8 +58,18 @@ class WireTimeoutError(Exception):
 # -- command sets ------------------------------------------------------------------------
 
 
+#: Key of :func:`parse_command`'s result holding elements of other groups that a peer
+#: appended to the command set itself (Implicit VR LE).  DCMTK-based peers (Orthanc)
+#: do this with the Failed SOP Instance UID List of a final C-GET-RSP whose Command
+#: Data Set Type says that no dataset follows; pynetdicom reads them too.
+TRAILING = 0x10000
+
+
 def parse_command(raw: bytes | bytearray | memoryview) -> dict[int, bytes]:
-    """Element number -> value of a command set (group 0000, Implicit VR LE, any order)."""
+    """Element number -> value of a command set (group 0000, Implicit VR LE, any order).
+
+    Elements of other groups after the group 0000 ones are kept, undecoded, under
+    :data:`TRAILING`; a command set that does not start with group 0000 is refused."""
     view = memoryview(raw)
     size = len(view)
     pos = 0
@@ -69,7 +80,10 @@ def parse_command(raw: bytes | bytearray | memoryview) -> dict[int, bytes]:
         group, element, length = _ELEMENT.unpack_from(view, pos)
         pos += 8
         if group != 0x0000:
-            raise ProtocolError(f"command set: element of group {group:04X}")
+            if not out:
+                raise ProtocolError(f"command set: element of group {group:04X}")
+            out[TRAILING] = bytes(view[pos - 8 :])
+            return out
         if length > size - pos:
             raise ProtocolError("command set: element longer than the command set")
         out[element] = bytes(view[pos : pos + length])
