@@ -65,7 +65,7 @@ def _series(pacs: Any, studies: Sequence[str]) -> list[str]:
 
 
 def _findscu(port: int, keys: list[tuple[str, str]], out: Path) -> None:
-    args = ["findscu", "-S", "-pdu", "0", "-aet", "FINDSCU", "-aec", "ORTHANC", "-Xs", str(out)]
+    args = ["/usr/bin/findscu", "-S", "-pdu", "131072", "-aet", "FINDSCU", "-aec", "ORTHANC", "-Xs", str(out)]
     for k, v in keys:
         args += ["-k", f"{k}={v}"]
     args += ["127.0.0.1", str(port)]

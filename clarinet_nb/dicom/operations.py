@@ -54,8 +54,8 @@ from clarinet_nb.dicom.models import (
     StorageConfig,
 )
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
-from clarinet_nb.dicom.rawfind import find_responses, identifier_dataset
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
+from clarinet_nb.dicom.rawfind import find_responses, identifier_dataset
 from clarinet_nb.dicom.requests import (
     RetrieveRequest,
     image_identifier,
@@ -317,8 +317,7 @@ class DicomOperations:
         with cancel_watch(
             assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
         ) as cancel_sent:
-            for status, raw, syntax in responses:
-                code = status_of(status)
+            for code, raw, syntax in responses:
                 if code is None:
                     if cancel_sent.is_set():
                         outcome.cancelled = True
