@@ -30,6 +30,8 @@ from clarinet_nb.dicom.queries import StudyQuery
 from clarinet_nb.testing import Cohort, Peer, free_port
 from tests.notebook_support import pacs_for
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+
 
 @pytest.fixture
 def assembled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
