@@ -99,3 +99,10 @@ def test_hostile_identifiers_read_the_same(
 @example(b"\x08\x00\x05\x00CS\x00\x00\xfe\xff\x0d\xe0\x00\x00\x00\x00", SYNTAXES[1])
 def test_arbitrary_bytes_read_the_same(data: bytes, syntax: Syntax) -> None:
     assert_same(data, syntax)
+
+
+def test_datasets_are_built_without_the_slow_constructor() -> None:
+    """With this pydicom the walker's datasets skip ``Dataset.__init__`` (same state)."""
+    from clarinet_nb.dicom import rawfind
+
+    assert rawfind._FAST_STATE

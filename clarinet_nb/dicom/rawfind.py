@@ -137,11 +137,52 @@ def identifier_dataset(raw: bytes, implicit: bool, little: bool, deflated: bool)
     elements = walk(raw, implicit) if little and not deflated else None
     if elements is None:
         return decode(BytesIO(raw), implicit, little, deflated)
-    ds = Dataset(elements, parent_encoding=default_encoding)
     charset = elements.get(_CHARSET_TAG)
     encoding = default_encoding if charset is None else _encoding(cast(RawDataElement, charset))
+    if _FAST_STATE:
+        ds = Dataset.__new__(Dataset)
+        ds.__dict__.update(_state(elements, implicit, encoding))
+        return ds
+    ds = Dataset(elements, parent_encoding=default_encoding)
     ds.set_original_encoding(implicit, True, encoding)
     return ds
+
+
+def _state(
+    elements: dict[BaseTag, RawDataElement | DataElement],
+    implicit: bool,
+    encoding: str | MutableSequence[str],
+) -> dict[str, Any]:
+    """The attributes ``Dataset(elements)`` + ``set_original_encoding`` give a dataset
+    (pydicom 3.0), set without ``Dataset.__setattr__``'s keyword checks."""
+    return {
+        "_parent_encoding": default_encoding,
+        "_dict": elements,
+        "is_decompressed": False,
+        "_read_little": True,
+        "_read_implicit": implicit,
+        "_read_charset": encoding,
+        "_is_little_endian": None,
+        "_is_implicit_VR": None,
+        "is_undefined_length_sequence_item": False,
+        "_private_blocks": {},
+        "_pixel_array": None,
+        "_pixel_array_opts": {"use_pdh": False},
+        "_pixel_id": {},
+    }
+
+
+def _state_matches_pydicom() -> bool:
+    """True when :func:`_state` is exactly what this pydicom's constructor makes."""
+    try:
+        made = Dataset({}, parent_encoding=default_encoding)
+        made.set_original_encoding(True, True, ["latin_1"])
+        return vars(made) == _state({}, True, ["latin_1"])
+    except Exception:  # noqa: BLE001 - any surprise: the constructor it is
+        return False
+
+
+_FAST_STATE: Final = _state_matches_pydicom()
 
 
 def find_responses(
