@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 import clarinet_nb as cnb
+from clarinet_nb.notebook.criteria import build_query
 from clarinet_nb.testing import OrthancServer, free_port, generate_bulk
 
 N_STUDIES, PER_SERIES = 100, 100
@@ -59,13 +60,15 @@ def prepare(work: Path) -> None:
     shutil.rmtree(files)
 
 
-def _series(pacs: Any, studies: Sequence[str]) -> list[str]:
-    frame = pacs.find_series(StudyInstanceUID=list(studies))
-    return sorted(frame["SeriesInstanceUID"])
+def _keys(criteria: dict[str, Any]) -> list[tuple[str, str]]:
+    """The -k arguments of exactly the identifier clarinet_nb sends for ``criteria``."""
+    identifier = build_query("IMAGE", criteria).to_dataset()
+    return [(e.keyword, "" if e.value is None else str(e.value)) for e in identifier]
 
 
 def _findscu(port: int, keys: list[tuple[str, str]], out: Path) -> None:
-    args = ["/usr/bin/findscu", "-S", "-pdu", "131072", "-aet", "FINDSCU", "-aec", "ORTHANC", "-Xs", str(out)]
+    args = ["/usr/bin/findscu", "-S", "-pdu", "131072", "-aet", "FINDSCU", "-aec", "ORTHANC"]
+    args += ["-Xs", str(out)]
     for k, v in keys:
         args += ["-k", f"{k}={v}"]
     args += ["127.0.0.1", str(port)]
@@ -73,26 +76,30 @@ def _findscu(port: int, keys: list[tuple[str, str]], out: Path) -> None:
     subprocess.run(args, env=env, check=True, capture_output=True)
 
 
-def _timed(fn: Callable[[], int], expect: int) -> tuple[float, float]:
-    c0, t0 = _cpu(), time.perf_counter()
+def _peer_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(fn: Callable[[], int], expect: int, pid: int | None) -> tuple[float, float, float]:
+    """Wall seconds, our CPU seconds (children included: findscu), the PACS's CPU seconds."""
+    c0, p0, t0 = _cpu(), _peer_cpu(pid), time.perf_counter()
     got = fn()
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     if got != expect:
         raise SystemExit(f"expected {expect} rows, got {got}")
-    return wall, cpu
+    return wall, cpu, _peer_cpu(pid) - p0
 
 
 def run(work: Path, repeat: int) -> None:
-    keys = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
-            "InstanceNumber"]  # fmt: skip
     with OrthancServer(work / "orthanc", tuned=True) as orthanc:
         target = f"{orthanc.aet}@127.0.0.1:{orthanc.port}"
         pacs = cnb.connect(target, calling_aet="CLARINET", max_pdu=0, scp_port=free_port())
         try:
             studies = sorted(pacs.find_studies(PatientID="*")["StudyInstanceUID"])
             assert len(studies) == N_STUDIES, len(studies)
-            series = _series(pacs, studies)
-            assert len(series) == 2 * N_STUDIES, len(series)
             total = N_STUDIES * 2 * PER_SERIES
             scratch = Path(tempfile.mkdtemp(dir=work))
             frames: dict[str, pd.DataFrame] = {}
@@ -100,37 +107,50 @@ def run(work: Path, repeat: int) -> None:
             def cnb_one(mode: str) -> Callable[[], int]:
                 def go() -> int:
                     os.environ["CLARINET_FIND_FAST"] = mode
-                    frame = pacs.find_instances(StudyInstanceUID=studies)
+                    frame = pacs.find_instances(StudyInstanceUID=studies, progress=False)
                     frames[f"one-{mode}"] = frame
                     return len(frame)
+
                 return go
 
             series_frame = pacs.find_series(StudyInstanceUID=list(studies))
+            assert len(series_frame) == 2 * N_STUDIES, len(series_frame)
 
             def cnb_series(mode: str) -> Callable[[], int]:
                 def go() -> int:
                     os.environ["CLARINET_FIND_FAST"] = mode
-                    frame = pacs.find_instances(series_frame)  # one query per row
+                    frame = pacs.find_instances(series_frame, progress=False)  # one query per row
                     frames[f"series-{mode}"] = frame
                     return len(frame)
 
                 return go
 
+            def cnb_loop() -> int:
+                os.environ["CLARINET_FIND_FAST"] = "1"
+                n = 0
+                for row in series_frame.itertuples():
+                    n += len(
+                        pacs.find_instances(
+                            StudyInstanceUID=row.StudyInstanceUID,
+                            SeriesInstanceUID=row.SeriesInstanceUID,
+                        )
+                    )
+                return n
+
             def scu_one() -> int:
                 out = scratch / "one.xml"
-                _findscu(orthanc.port, [("QueryRetrieveLevel", "IMAGE"),
-                                         ("StudyInstanceUID", "\\".join(studies)),
-                                         *[(k, "") for k in keys[1:]]], out)  # fmt: skip
+                _findscu(orthanc.port, _keys({"StudyInstanceUID": studies}), out)
                 return out.read_text().count("<data-set")
 
             def scu_series() -> int:
                 n = 0
-                for uid in series:
+                for row in series_frame.itertuples():
                     out = scratch / "s.xml"
-                    _findscu(orthanc.port, [("QueryRetrieveLevel", "IMAGE"),
-                                             ("SeriesInstanceUID", uid),
-                                             *[(k, "") for k in keys if k != "SeriesInstanceUID"]],
-                             out)  # fmt: skip
+                    criteria = {
+                        "StudyInstanceUID": row.StudyInstanceUID,
+                        "SeriesInstanceUID": row.SeriesInstanceUID,
+                    }
+                    _findscu(orthanc.port, _keys(criteria), out)
                     n += out.read_text().count("<data-set")
                 return n
 
@@ -140,13 +160,14 @@ def run(work: Path, repeat: int) -> None:
                 "one query: findscu TCP_NODELAY=1 -Xs": scu_one,
                 "per series: clarinet_nb fast receive": cnb_series("1"),
                 "per series: clarinet_nb pynetdicom receive": cnb_series("0"),
+                "per series: clarinet_nb loop, one at a time": cnb_loop,
                 "per series: findscu TCP_NODELAY=1 -Xs": scu_series,
             }
-            results: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
+            results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in cases}
             for r in range(repeat):
                 order = list(cases.items())
                 for label, fn in order if r % 2 == 0 else order[::-1]:
-                    results[label].append(_timed(fn, total))
+                    results[label].append(_timed(fn, total, orthanc.pid))
                 print(f"round {r + 1}/{repeat}, load {os.getloadavg()[0]:.2f}", flush=True)
             for shape in ("one", "series"):
                 fast, slow = frames[f"{shape}-1"], frames[f"{shape}-0"]
@@ -154,13 +175,15 @@ def run(work: Path, repeat: int) -> None:
                     frame.attrs = {k: v for k, v in frame.attrs.items() if k != "time"}
                 pd.testing.assert_frame_equal(fast, slow)
             print("frames equal (fast vs pynetdicom receive), both shapes")
-            print(f"{'case':42s} {'wall med':>9s} {'rows/s':>8s} {'cpu med':>8s}  walls")
+            head = f"{'case':45s} {'wall med':>8s} {'rows/s':>7s} {'cpu med':>7s} {'PACS cpu':>8s}"
+            print(f"{head}  walls")
             for label, samples in results.items():
-                walls = [w for w, _ in samples]
-                cpus = [c for _, c in samples]
+                walls = [w for w, _, _ in samples]
                 med = statistics.median(walls)
-                print(f"{label:42s} {med:9.2f} {total / med:8.0f} {statistics.median(cpus):8.2f}"
-                      f"  {' '.join(f'{w:.2f}' for w in walls)}")  # fmt: skip
+                cpu = statistics.median(c for _, c, _ in samples)
+                peer = statistics.median(p for _, _, p in samples)
+                runs = " ".join(f"{w:.2f}" for w in walls)
+                print(f"{label:45s} {med:8.2f} {total / med:7.0f} {cpu:7.2f} {peer:8.2f}  {runs}")
         finally:
             pacs.close()
 
