@@ -44,6 +44,7 @@ from pynetdicom.status import code_to_category
 __all__ = ["FindReceiver", "fast_receive_enabled", "find_responses", "identifier_dataset", "walk"]
 
 logger = logging.getLogger("clarinet_nb")
+_pynetdicom_logger = logging.getLogger("pynetdicom")  # its records, as send_c_find logs them
 
 _PENDING_CATEGORY: Final = "Pending"
 _CHARSET_TAG: Final = BaseTag(0x00080005)
@@ -211,6 +212,7 @@ def find_responses(
     assoc._reactor_checkpoint.clear()  # pause the reactor, as send_c_find does
     while not assoc._is_paused:
         time.sleep(0.0001)
+    _pynetdicom_logger.info("Sending Find Request: MsgID %d", msg_id)
     receiver = FindReceiver(assoc) if fast_receive_enabled() else None
     if receiver is not None and not receiver.install():
         receiver = None
