@@ -30,6 +30,7 @@ sys.path.insert(0, str(_ROOT))
 
 import pandas as pd
 import pydicom
+from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 import clarinet_nb as cnb
@@ -63,7 +64,13 @@ def prepare(work: Path) -> None:
 def _keys(criteria: dict[str, Any]) -> list[tuple[str, str]]:
     """The -k arguments of exactly the identifier clarinet_nb sends for ``criteria``."""
     identifier = build_query("IMAGE", criteria).to_dataset()
-    return [(e.keyword, "" if e.value is None else str(e.value)) for e in identifier]
+    keys = []
+    for elem in identifier:
+        value = elem.value
+        if isinstance(value, list | tuple | MultiValue):
+            value = "\\".join(str(v) for v in value)
+        keys.append((elem.keyword, "" if value is None else str(value)))
+    return keys
 
 
 def _findscu(port: int, keys: list[tuple[str, str]], out: Path) -> None:
