@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,12 @@ def _keys(criteria: dict[str, Any]) -> list[tuple[str, str]]:
     return keys
 
 
-def _findscu(port: int, keys: list[tuple[str, str]], out: Path) -> None:
+def _findscu(port: int, keys: list[tuple[str, str]], out: Path, files: Sequence[str] = ()) -> None:
     args = ["/usr/bin/findscu", "-S", "-pdu", "131072", "-aet", "FINDSCU", "-aec", "ORTHANC"]
     args += ["-Xs", str(out)]
     for k, v in keys:
         args += ["-k", f"{k}={v}"]
-    args += ["127.0.0.1", str(port)]
+    args += ["127.0.0.1", str(port), *files]
     env = {**os.environ, "TCP_NODELAY": "1"}
     subprocess.run(args, env=env, check=True, capture_output=True)
 
@@ -149,17 +149,23 @@ def run(work: Path, repeat: int) -> None:
                 _findscu(orthanc.port, _keys({"StudyInstanceUID": studies}), out)
                 return out.read_text().count("<data-set")
 
+            query_files = []
+            for n, row in enumerate(series_frame.itertuples()):
+                criteria = {
+                    "StudyInstanceUID": row.StudyInstanceUID,
+                    "SeriesInstanceUID": row.SeriesInstanceUID,
+                }
+                path = scratch / f"q{n:03d}.dcm"
+                build_query("IMAGE", criteria).to_dataset().save_as(
+                    path, implicit_vr=True, little_endian=True
+                )
+                query_files.append(path)
+
             def scu_series() -> int:
-                n = 0
-                for row in series_frame.itertuples():
-                    out = scratch / "s.xml"
-                    criteria = {
-                        "StudyInstanceUID": row.StudyInstanceUID,
-                        "SeriesInstanceUID": row.SeriesInstanceUID,
-                    }
-                    _findscu(orthanc.port, _keys(criteria), out)
-                    n += out.read_text().count("<data-set")
-                return n
+                """One findscu, one association, the 200 query files in a row (as bench_speed)."""
+                out = scratch / "s.xml"
+                _findscu(orthanc.port, [], out, [str(p) for p in query_files])
+                return out.read_text().count("<data-set")
 
             cases: dict[str, Callable[[], int]] = {
                 "one query: clarinet_nb fast receive": cnb_one("1"),
@@ -168,7 +174,7 @@ def run(work: Path, repeat: int) -> None:
                 "per series: clarinet_nb fast receive": cnb_series("1"),
                 "per series: clarinet_nb pynetdicom receive": cnb_series("0"),
                 "per series: clarinet_nb loop, one at a time": cnb_loop,
-                "per series: findscu TCP_NODELAY=1 -Xs": scu_series,
+                "per series: findscu TCP_NODELAY=1 -Xs, 1 process": scu_series,
             }
             results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in cases}
             for r in range(repeat):
