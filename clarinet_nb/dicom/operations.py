@@ -56,6 +56,7 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
+from clarinet_nb.dicom.rawfind import find_responses, identifier_dataset
 from clarinet_nb.dicom.requests import (
     RetrieveRequest,
     image_identifier,
@@ -313,12 +314,11 @@ class DicomOperations:
         check_names = any(elem.VR == "PN" for elem in identifier)
         self._msg_id = getattr(self, "_msg_id", 0) % 65000 + 1
         msg_id = self._msg_id
-        responses = assoc.send_c_find(identifier, model, msg_id=msg_id)
+        responses = find_responses(assoc, identifier, model, msg_id)
         with cancel_watch(
             assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
         ) as cancel_sent:
-            for status, match in responses:
-                code = status_of(status)
+            for code, raw, syntax in responses:
                 if code is None:
                     if cancel_sent.is_set():
                         outcome.cancelled = True
@@ -326,6 +326,7 @@ class DicomOperations:
                     raise waiter.failure("C-FIND")
                 waiter.touch()
                 if code in PENDING:
+                    match = _identifier(raw, syntax)
                     if match is not None and not cancel_sent.is_set():
                         if check_names:
                             emptied += names_look_emptied(match)
@@ -891,6 +892,19 @@ def _storage_failure(
         "then retrieve again.",
         result=result,
     )
+
+
+def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:
+    """A C-FIND match as a dataset; None (the match is skipped) when it cannot be decoded."""
+    if raw is None:
+        return None
+    try:
+        return identifier_dataset(
+            raw, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+    except Exception:  # noqa: BLE001 - a malformed identifier from a peer: skipped, as before
+        logger.error("failed to decode a received C-FIND identifier; match skipped")
+        return None
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:
