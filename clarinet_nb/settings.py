@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         description="During a C-MOVE admit only senders from the PACS's address(es).",
     )
 
+    # Speed.
+    fast_path: bool = Field(
+        True,
+        description="Receive C-GET instances on the lean path (raw PDUs, no pynetdicom "
+        "or pydicom objects per instance); False: pynetdicom's own receive path.",
+    )
+
     @field_validator("move_allowed_aets", mode="before")
     @classmethod
     def _split_aets(cls, value: Any) -> Any:

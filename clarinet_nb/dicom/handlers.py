@@ -39,10 +39,13 @@ from clarinet_nb.dicom.association import (
 from clarinet_nb.dicom.filemeta import file_header
 from clarinet_nb.dicom.models import DicomNode, RefusedStore, StorageConfig, StorageMode
 from clarinet_nb.dicom.paths import instance_path
+from clarinet_nb.dicom.received import EventInstance, RawInstance, ReceivedInstance
 from clarinet_nb.errors import DicomError
 
 __all__ = [
     "Locator",
+    "RawInstance",
+    "ReceivedInstance",
     "StorageHandler",
     "Tally",
     "plain_address",
@@ -120,7 +123,7 @@ class _Sink(Protocol):
     immediate: bool
 
     def store(
-        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+        self, inst: ReceivedInstance, sop_uid: str, tally: Tally, location: Location | None
     ) -> None:
         """Keep one instance, updating ``tally``; raise to fail the sub-operation.
 
@@ -142,17 +145,17 @@ class DiskSink:
         self._made: set[Path] = set()
 
     def store(
-        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+        self, inst: ReceivedInstance, sop_uid: str, tally: Tally, location: Location | None
     ) -> None:
         located = self.locator(sop_uid) if self.locator else None
         if located is None:
-            located = location or read_identity(event)[:2]
+            located = location or read_identity(inst)[:2]
         path = instance_path(self.root, located[0], located[1], sop_uid)
         if path.parent not in self._made:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(path.parent)
         if self.overwrite or not path.exists():
-            _write_atomically(path, event)
+            _write_atomically(path, inst)
         with tally.lock:
             tally.paths.append(path)
 
@@ -164,14 +167,19 @@ def _past_series_uid(tag: Any, vr: Any, length: Any) -> bool:
     return bool(tag > 0x0020000E)
 
 
-def read_identity(event: evt.Event) -> tuple[str, str, str]:
+def read_identity(received: ReceivedInstance | evt.Event) -> tuple[str, str, str]:
     """(Study, Series, SOP Instance) UIDs read from the received bytes, stopping at
     (0020,000E): the rest of the dataset (pixel data) is never parsed."""
-    syntax = UID(event.context.transfer_syntax)
+    inst = EventInstance(received) if isinstance(received, evt.Event) else received
+    syntax = UID(inst.transfer_syntax)
     if syntax.is_deflated:
-        ds = event.dataset
+        ds = inst.dataset()
     else:
-        stream = received_bytes(event)  # read in place: no copy of a large dataset
+        if isinstance(inst, EventInstance):  # read in place: no copy of a large dataset
+            stream = received_bytes(inst.event)
+        else:
+            with inst.buffer() as view:
+                stream = BytesIO(view)
         stream.seek(0)
         try:
             ds = read_dataset(
@@ -189,22 +197,17 @@ def read_identity(event: evt.Event) -> tuple[str, str, str]:
     return study, series, sop
 
 
-def _write_atomically(path: Path, event: evt.Event) -> None:
+def _write_atomically(path: Path, inst: ReceivedInstance) -> None:
     """Write preamble, file meta and the raw dataset to a temp name, then rename."""
-    request = store_request(event)
-    assoc = event.assoc
-    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
     header = file_header(
-        str(request.AffectedSOPClassUID or ""),
-        str(request.AffectedSOPInstanceUID or ""),
-        str(event.context.transfer_syntax),
-        str(peer.ae_title or ""),
+        inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax, inst.sender_aet
     )
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         with tmp.open("wb") as fh:
             fh.write(header)
-            fh.write(received_bytes(event).getbuffer())
+            with inst.buffer() as view:
+                fh.write(view)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -218,10 +221,10 @@ class MemorySink:
     immediate = True
 
     def store(
-        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+        self, inst: ReceivedInstance, sop_uid: str, tally: Tally, location: Location | None
     ) -> None:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
+        ds = inst.dataset()
+        ds.file_meta = inst.file_meta()
         with tally.lock:
             tally.datasets.append(ds)
 
@@ -250,7 +253,7 @@ class ForwardSink:
         self._start_lock = threading.Lock()
 
     def store(
-        self, event: evt.Event, sop_uid: str, tally: Tally, location: Location | None
+        self, inst: ReceivedInstance, sop_uid: str, tally: Tally, location: Location | None
     ) -> None:
         with self._start_lock:  # a split C-GET stores from several threads at once
             if self.thread is None:
@@ -259,8 +262,8 @@ class ForwardSink:
                     target=self._run, name="clarinet-forward", daemon=True
                 )
                 self.thread.start()
-        ds = event.dataset
-        ds.file_meta = event.file_meta
+        ds = inst.dataset()
+        ds.file_meta = inst.file_meta()
         self.queue.put((sop_uid, ds))
 
     def close(self, tally: Tally) -> None:
@@ -358,21 +361,25 @@ class StorageHandler:
             )
 
     def __call__(self, event: evt.Event, location: Location | None = None) -> int:
-        """Handle one C-STORE request; returns its status.
+        """Handle one C-STORE request (pynetdicom's ``EVT_C_STORE``); returns its status.
 
         ``location``: the instance's (study, series) when the caller already read it."""
-        request = store_request(event)
-        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        return self.receive(EventInstance(event), location)
+
+    def receive(self, inst: ReceivedInstance, location: Location | None = None) -> int:
+        """Handle one received instance (either receive path); returns the C-STORE status."""
+        sop_uid = inst.sop_instance_uid
         with self.tally.lock:
             duplicate = sop_uid in self.tally.claimed
             if not duplicate:
                 self.tally.claimed.add(sop_uid)
         if duplicate:
-            self.refuse(event, "duplicate SOP Instance UID", DUPLICATE)
+            self.refuse(inst, "duplicate SOP Instance UID", DUPLICATE)
             return DUPLICATE
-        size = len(request.DataSet.getbuffer()) if request.DataSet else 0
+        with inst.buffer() as view:
+            size = len(view)
         try:
-            self.sink.store(event, sop_uid, self.tally, location)
+            self.sink.store(inst, sop_uid, self.tally, location)
         except OSError as exc:
             self._fail(sop_uid, f"local storage failed: {storage_reason(exc)}")
             with self.tally.lock:
@@ -411,19 +418,22 @@ class StorageHandler:
             self.tally.claimed.discard(sop_uid)  # a later copy may still be kept
 
     def refuse(
-        self, event: evt.Event | None, reason: str, status: int | None, **sender: str
+        self,
+        event: evt.Event | ReceivedInstance | None,
+        reason: str,
+        status: int | None,
+        **sender: str,
     ) -> None:
         """Count one refused C-STORE (``event``) or association (``sender``: calling_aet,
         address); the first refusal of a retrieve is logged as a warning."""
         if event is not None:
-            request = store_request(event)
-            aet, address = sender_of(event)
+            inst = EventInstance(event) if isinstance(event, evt.Event) else event
             record = RefusedStore(
                 reason=reason,
-                calling_aet=aet,
-                address=address,
-                sop_class_uid=str(request.AffectedSOPClassUID or ""),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                calling_aet=inst.sender_aet,
+                address=inst.sender_address,
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
                 status=status,
             )
         else:

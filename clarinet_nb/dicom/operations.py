@@ -48,6 +48,7 @@ from clarinet_nb.dicom.contexts import (
     plan_get_chunks,
     plan_syntax_chunks,
 )
+from clarinet_nb.dicom.fastpath import FastGet
 from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
 from clarinet_nb.dicom.models import (
     DicomNode,
@@ -57,6 +58,7 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
+from clarinet_nb.dicom.rawfind import find_responses, identifier_dataset
 from clarinet_nb.dicom.requests import (
     RetrieveRequest,
     image_identifier,
@@ -329,12 +331,11 @@ class DicomOperations:
         check_names = any(elem.VR == "PN" for elem in identifier)
         self._msg_id = getattr(self, "_msg_id", 0) % 65000 + 1
         msg_id = self._msg_id
-        responses = assoc.send_c_find(identifier, model, msg_id=msg_id)
+        responses = find_responses(assoc, identifier, model, msg_id)
         with cancel_watch(
             assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
         ) as cancel_sent:
-            for status, match in responses:
-                code = status_of(status)
+            for code, raw, syntax in responses:
                 if code is None:
                     if cancel_sent.is_set():
                         outcome.cancelled = True
@@ -342,6 +343,7 @@ class DicomOperations:
                     raise waiter.failure("C-FIND")
                 waiter.touch()
                 if code in PENDING:
+                    match = _identifier(raw, syntax)
                     if match is not None and not cancel_sent.is_set():
                         if check_names:
                             emptied += names_look_emptied(match)
@@ -745,8 +747,15 @@ class DicomOperations:
             else:
                 parts = identifiers
 
+            fast = FastGet(assoc, handler, peer, self.timeouts) if settings.fast_path else None
+
             def send(identifier: Dataset) -> None:
                 counters.msg_id = counters.msg_id % 65535 + 1
+                if fast is not None:  # the lean receive path (fastpath.py)
+                    final = fast.get(identifier, model, counters.msg_id, cancel)
+                    if final is not None:
+                        counters.final(*final)
+                    return
                 responses = assoc.send_c_get(identifier, model, msg_id=counters.msg_id)
                 self._consume(
                     assoc, responses, counters, cancel, counters.msg_id, peer, "C-GET", model
@@ -1040,6 +1049,19 @@ def _worse(a: int | None, b: int | None) -> int | None:
         return 3
 
     return a if rank(a) >= rank(b) else b
+
+
+def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:
+    """A C-FIND match as a dataset; None (the match is skipped) when it cannot be decoded."""
+    if raw is None:
+        return None
+    try:
+        return identifier_dataset(
+            raw, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+    except Exception:  # noqa: BLE001 - a malformed identifier from a peer: skipped, as before
+        logger.error("failed to decode a received C-FIND identifier; match skipped")
+        return None
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:

@@ -416,10 +416,12 @@ class PeerFreezer:
 
     def kill(self) -> None:
         """SIGKILL the peer (and reap it)."""
+        # recorded first: the client may see the connection drop (and a test look at
+        # ``events``) while the reaping below still waits for the port to close
+        self.events.append("kill")
+        self.killed = True
         self.peer.kill()
         self.frozen = False
-        self.killed = True
-        self.events.append("kill")
 
     def action(self, what: Literal["freeze", "kill"]) -> Callable[[], None]:
         """``freeze`` or ``kill`` as a callable (for a trigger or a callback)."""

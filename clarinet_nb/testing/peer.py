@@ -286,6 +286,11 @@ class PeerProcess(ABC):
     def _reap(self) -> None:
         # Forked children (dcmqrscp --fork) share the process group: end them too.
         self._signal_group(signal.SIGKILL)
+        # A killed child holds the inherited listening socket until the kernel has
+        # torn it down: wait (bounded) until nothing listens on our port any more.
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _listening(self._port) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
         if self._output is not None:
             self._output.close()
             self._output = None

@@ -1,0 +1,474 @@
+"""The lean C-STORE receive path of a C-GET association (``settings.fast_path``).
+
+pynetdicom negotiates the association (contexts, SCP/SCU roles, max PDU) and
+releases it; between the C-GET-RQ and its final C-GET-RSP the socket is ours:
+
+- pynetdicom's DUL reader thread is held between two PDUs (:class:`DulGate`, a
+  checkpoint at the top of its loop) and the socket is made non-blocking;
+- PDUs are read into one reusable buffer, PDVs parsed with ``struct``
+  (:mod:`clarinet_nb.dicom.wire`): fragments may be split across PDUs and a PDU
+  may carry several PDVs; command sets are parsed without pydicom, dataset
+  fragments joined into one ``bytearray``;
+- each C-STORE-RQ goes to ``StorageHandler.receive`` as a
+  :class:`~clarinet_nb.dicom.received.RawInstance` (no pydicom object unless the
+  sink wants one) and is answered with a C-STORE-RSP encoded from a template,
+  fragmented under the peer's max PDU;
+- C-CANCEL is sent when the cancel token fires (a wake-up pipe interrupts the
+  wait), the association aborted if the peer ignores it for ``cancel`` seconds;
+- ``dimse`` seconds without a complete DIMSE message (as pynetdicom), or ``network``
+  seconds without a byte, abort the association (DicomTimeoutError);
+- an A-ABORT, A-RELEASE-RQ or closed connection from the peer is handed to
+  pynetdicom's state machine, exactly as if its reader had read it.
+
+Works on plain and TLS sockets alike.  Everything the peer may do wrong ends in
+the same typed errors as pynetdicom's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import UID
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ
+from pynetdicom.dimse_primitives import C_CANCEL, C_GET
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
+
+from clarinet_nb.dicom.association import Timeouts, abort
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.handlers import StorageHandler, plain_address
+from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.dicom.received import RawInstance
+from clarinet_nb.dicom.wire import (
+    TRAILING,
+    PduReader,
+    PeerPduError,
+    ProtocolError,
+    WireClosedError,
+    WireTimeoutError,
+    command_uid,
+    command_us,
+    pdata_pdus,
+    store_response,
+)
+from clarinet_nb.errors import AssociationAbortedError, DicomTimeoutError
+
+__all__ = ["DulGate", "FastGet"]
+
+logger = logging.getLogger("clarinet_nb")
+
+C_STORE_RQ = 0x0001
+C_GET_RSP = 0x8010
+NO_DATASET = 0x0101
+PENDING = (0xFF00, 0xFF01)
+NO_SUCH_CONTEXT = 0x0122  # what pynetdicom answers: SOP class not supported
+HANDLER_FAILED = 0xC211
+_COUNTS = (
+    (0x1020, "NumberOfRemainingSuboperations"),
+    (0x1021, "NumberOfCompletedSuboperations"),
+    (0x1022, "NumberOfFailedSuboperations"),
+    (0x1023, "NumberOfWarningSuboperations"),
+)
+_EVENT_OF_PDU: dict[int, tuple[type[Any], str]] = {
+    0x04: (P_DATA_TF, "Evt10"),
+    0x05: (A_RELEASE_RQ, "Evt12"),
+    0x06: (A_RELEASE_RP, "Evt13"),
+    0x07: (A_ABORT_RQ, "Evt16"),
+}
+
+
+class DulGate:
+    """Holds pynetdicom's DUL reader thread at the top of its loop while we own the socket.
+
+    Installed as the DUL's ``_process_recv_primitive`` (the first thing each pass of
+    its loop calls): once asked to hold, the thread parks there between two PDUs,
+    with nothing of its own queued, until :meth:`release` or until something is
+    queued for it to send (an abort from elsewhere: ``intruded`` is then set)."""
+
+    def __init__(self, assoc: Association) -> None:
+        self._dul = assoc.dul
+        self._process = self._dul._process_recv_primitive
+        self._cond = threading.Condition()
+        self._hold = False
+        self.parked = False
+        self.intruded = False
+        self._dul._process_recv_primitive = self._checkpoint  # type: ignore[method-assign]
+
+    def _checkpoint(self) -> bool:
+        dul = self._dul
+        if self._hold and dul.event_queue.empty() and dul.to_provider_queue.empty():
+            with self._cond:
+                self.parked = True
+                self._cond.notify_all()
+                while self._hold and not dul._kill_thread:
+                    if not dul.to_provider_queue.empty():
+                        self.intruded = True
+                        break
+                    self._cond.wait(0.05)
+                self.parked = False
+                self._cond.notify_all()
+        return bool(self._process())
+
+    def hold(self, limit: float) -> bool:
+        """Park the reader; True once it is parked (False: it died or did not park)."""
+        with self._cond:
+            self._hold = True
+            self.intruded = False
+            self._cond.wait_for(lambda: self.parked or not self._dul.is_alive(), limit)
+            return self.parked
+
+    def release(self) -> None:
+        """Let the reader run again."""
+        with self._cond:
+            self._hold = False
+            self._cond.notify_all()
+
+
+class FastGet:
+    """C-GETs on one established association, received on the lean path."""
+
+    def __init__(
+        self, assoc: Association, handler: StorageHandler, peer: DicomNode, timeouts: Timeouts
+    ) -> None:
+        self.assoc = assoc
+        self.handler = handler
+        self.peer = peer
+        self.timeouts = timeouts
+        self.gate = DulGate(assoc)
+        acceptor = assoc.acceptor
+        self.peer_max_pdu = int(acceptor.maximum_length or 0)
+        self.sender_aet = str(acceptor.ae_title or "").strip()
+        try:
+            self.sender_address = plain_address(acceptor.address)
+        except ValueError:
+            self.sender_address = ""
+        self.contexts = {int(cx.context_id or 0): cx for cx in assoc.accepted_contexts}
+
+    # -- one C-GET ------------------------------------------------------------------------
+
+    def get(
+        self, identifier: Dataset, model: str, msg_id: int, cancel: CancelToken | None
+    ) -> tuple[Dataset, Dataset | None] | None:
+        """Send a C-GET-RQ and receive until its final C-GET-RSP.
+
+        Returns (status, identifier) of the final response, or None when it was
+        cancelled and the peer did not answer the C-CANCEL in time (aborted)."""
+        context = self.assoc._get_valid_context(model, "", "scu")
+        syntax = context.transfer_syntax[0]
+        context_id = int(context.context_id or 0)
+        request = C_GET()
+        request.MessageID = msg_id
+        request.AffectedSOPClassUID = UID(model)
+        request.Priority = 2
+        encoded = encode(
+            identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+        if encoded is None:
+            raise ValueError("could not encode the C-GET identifier")
+        request.Identifier = BytesIO(encoded)
+        message = C_GET_RQ()
+        message.primitive_to_message(request)
+        rq = self._pdus(message, context_id)
+
+        if not self.gate.hold(self.timeouts.acse):
+            self.gate.release()
+            raise AssociationAbortedError(
+                f"the association with {self.peer} was aborted or the connection dropped "
+                "before the C-GET request"
+            )
+        try:
+            run = _Run(self, context_id, msg_id)
+        except (WireClosedError, OSError) as exc:
+            self.gate.release()
+            raise AssociationAbortedError(
+                f"the association with {self.peer} lost its connection before the C-GET "
+                f"request ({exc})"
+            ) from None
+        remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
+        try:
+            return run.go(rq, syntax)
+        finally:
+            if remove is not None:
+                remove()
+            run.close()
+
+    def _pdus(self, message: Any, context_id: int) -> bytes:
+        parts = []
+        for primitive in message.encode_msg(context_id, self.peer_max_pdu):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            parts.append(pdu.encode())
+        return b"".join(parts)
+
+    def cancel_pdus(self, context_id: int, msg_id: int) -> bytes:
+        """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""
+        primitive = C_CANCEL()
+        primitive.MessageIDBeingRespondedTo = msg_id
+        message = C_CANCEL_RQ()
+        message.primitive_to_message(primitive)
+        return self._pdus(message, context_id)
+
+
+class _Run:
+    """The socket side of one C-GET: owns the socket until :meth:`close`."""
+
+    def __init__(self, owner: FastGet, context_id: int, msg_id: int) -> None:
+        self.owner = owner
+        self.assoc = owner.assoc
+        self.context_id = context_id
+        self.msg_id = msg_id
+        transport = self.assoc.dul.socket
+        sock = getattr(transport, "socket", None)
+        if sock is None:
+            raise WireClosedError("no socket")
+        self.sock = sock
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.saved_timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        self.cancel_requested = False
+        self.cancel_sent = False
+        self.reader = PduReader(
+            sock,
+            network=owner.timeouts.network,
+            wake_fd=self.wake_r,
+            on_wake=self.service_cancel,
+            check=self.check_gate,
+        )
+        self.handed_back = False
+
+    # cancellation (request_cancel runs in any thread; the rest in ours) --------------------
+
+    def request_cancel(self) -> None:
+        self.cancel_requested = True
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"c")
+
+    def service_cancel(self) -> None:
+        if self.cancel_requested and not self.cancel_sent:
+            self.cancel_sent = True
+            logger.info("cancelling: sending C-CANCEL (message %d)", self.msg_id)
+            self.reader.send(self.owner.cancel_pdus(self.context_id, self.msg_id))
+            self.reader.grace = time.monotonic() + self.owner.timeouts.cancel
+
+    def check_gate(self) -> None:
+        if self.owner.gate.intruded or self.assoc._kill:
+            raise WireClosedError("the association is being aborted")
+
+    # the exchange ---------------------------------------------------------------------------
+
+    def go(self, rq: bytes, syntax: UID) -> tuple[Dataset, Dataset | None] | None:
+        reader = self.reader
+        dimse = self.owner.timeouts.dimse
+        try:
+            reader.send(rq)
+            reader.deadline = time.monotonic() + dimse
+            while True:
+                if self.cancel_requested:
+                    self.service_cancel()
+                    if time.monotonic() >= reader.grace:
+                        raise WireTimeoutError("cancel")
+                context_id, command, data = reader.next_message()
+                reader.deadline = time.monotonic() + dimse
+                field = command_us(command, 0x0100)
+                if field == C_STORE_RQ:
+                    self.store(context_id, command, data)
+                elif field == C_GET_RSP:
+                    status = command_us(command, 0x0900)
+                    if status is None:
+                        raise ProtocolError("C-GET-RSP without a Status")
+                    if status in PENDING:
+                        continue
+                    return self.final(status, command, data, syntax)
+                else:
+                    raise ProtocolError(f"unexpected DIMSE message (command field {field})")
+        except PeerPduError as exc:
+            self.hand_back(exc)
+            if self.cancel_sent:
+                return None
+            raise AssociationAbortedError(
+                f"{self.owner.peer} "
+                f"{'released' if exc.kind == 0x05 else 'aborted'} the association "
+                "while we waited for a C-GET response"
+            ) from None
+        except WireClosedError as exc:
+            self.hand_back(None)
+            if self.cancel_sent:
+                return None
+            raise AssociationAbortedError(
+                f"the association with {self.owner.peer} was aborted or the connection dropped "
+                f"while waiting for a C-GET response ({exc})"
+            ) from None
+        except WireTimeoutError as exc:
+            self.abort()
+            if exc.args[0] == "cancel" or self.cancel_sent:
+                logger.warning(
+                    "%s did not honour C-CANCEL within %g s: association aborted",
+                    self.owner.peer,
+                    self.owner.timeouts.cancel,
+                )
+                return None
+            if exc.args[0] == "network":
+                raise DicomTimeoutError(
+                    f"{self.owner.peer} sent nothing for {self.owner.timeouts.network:g} s "
+                    "(network_timeout) during the C-GET; the association was aborted"
+                ) from None
+            raise DicomTimeoutError(
+                f"{self.owner.peer} sent no C-GET response within {dimse:g} s "
+                "(dimse_timeout); the association was aborted"
+            ) from None
+        except ProtocolError as exc:
+            logger.error("invalid data from %s during a C-GET: %s", self.owner.peer, exc)
+            self.abort()
+            raise AssociationAbortedError(
+                f"{self.owner.peer} sent an invalid message during the C-GET ({exc}); "
+                "the association was aborted"
+            ) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def store(self, context_id: int, command: dict[int, bytes], data: bytearray | None) -> None:
+        """Hand one C-STORE-RQ to the storage handler and answer it."""
+        msg_id = command_us(command, 0x0110)
+        sop_class = command_uid(command, 0x0002)
+        sop_instance = command_uid(command, 0x1000)
+        if msg_id is None or not sop_class or not sop_instance or data is None:
+            raise ProtocolError("C-STORE-RQ without Message ID, SOP Class/Instance UID or dataset")
+        owner = self.owner
+        context = owner.contexts.get(context_id)
+        if context is None:  # pynetdicom then looks at every accepted context
+            context = next(
+                (c for c in owner.contexts.values() if c.abstract_syntax == sop_class and c.as_scp),
+                None,
+            )
+        if context is None or context.abstract_syntax != sop_class or not context.as_scp:
+            status = NO_SUCH_CONTEXT
+        else:
+            instance = RawInstance(
+                sop_class,
+                sop_instance,
+                str(context.transfer_syntax[0]),
+                owner.sender_aet,
+                owner.sender_address,
+                data,
+            )
+            try:
+                status = owner.handler.receive(instance)
+            except Exception:
+                logger.exception("the C-STORE handler failed")
+                status = HANDLER_FAILED
+        rsp = store_response(msg_id, sop_class, sop_instance, status)
+        self.reader.send(pdata_pdus(context_id, rsp, owner.peer_max_pdu))
+
+    def final(
+        self, status: int, command: dict[int, bytes], data: bytearray | None, syntax: UID
+    ) -> tuple[Dataset, Dataset | None]:
+        ds = Dataset()
+        ds.Status = status
+        for element, keyword in _COUNTS:
+            value = command_us(command, element)
+            if value is not None:
+                setattr(ds, keyword, value)
+        identifier: Dataset | None = None
+        trailing = command.get(TRAILING)
+        if data or trailing:
+            try:
+                if data:
+                    identifier = decode(
+                        BytesIO(bytes(data)),
+                        syntax.is_implicit_VR,
+                        syntax.is_little_endian,
+                        syntax.is_deflated,
+                    )
+                else:  # appended to the command set itself: Implicit VR Little Endian
+                    identifier = decode(BytesIO(trailing or b""), True, True, False)
+            except Exception:  # noqa: BLE001 - as pynetdicom: no identifier
+                logger.error("could not decode the identifier of the final C-GET response")
+        return ds, identifier
+
+    # giving the socket back ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give the socket back to pynetdicom (if not yet) and free the wake-up pipe.
+
+        PDUs the peer already sent after the final response (partly read into our
+        buffer) are read whole and handed to pynetdicom, as if its reader had read them."""
+        leftovers: list[bytes] = []
+        if not self.handed_back and self.reader.end > self.reader.pos:
+            self.reader.deadline = time.monotonic() + self.owner.timeouts.dimse
+            try:
+                leftovers = self.reader.leftover()
+            except Exception as exc:  # noqa: BLE001 - the stream is unusable: abort
+                logger.debug("unreadable data after the C-GET: %s", exc)
+                self.abort()
+        self.restore()
+        for pdu in leftovers:
+            self._inject(pdu)
+        self.owner.gate.release()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def restore(self) -> None:
+        if not self.handed_back:
+            self.handed_back = True
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.saved_timeout)
+            self.assoc.dul._idle_timer.restart()
+
+    def hand_back(self, pdu: PeerPduError | None) -> None:
+        """Give pynetdicom's state machine what the peer sent (None: connection closed)."""
+        self.restore()
+        if pdu is not None:
+            self._inject(pdu.pdu)
+        else:
+            self.assoc.dul.event_queue.put("Evt17")
+        self.owner.gate.release()
+        if pdu is not None and pdu.kind == 0x05:
+            self._answer_release()
+
+    def _inject(self, raw: bytes) -> None:
+        """Queue one whole PDU for pynetdicom's state machine (the DUL is held)."""
+        dul = self.assoc.dul
+        known = _EVENT_OF_PDU.get(raw[0])
+        if known is None:
+            dul.event_queue.put("Evt19")  # unexpected here: pynetdicom aborts
+            return
+        cls, event = known
+        decoded = cls()
+        try:
+            decoded.decode(raw)
+        except Exception:  # noqa: BLE001 - undecodable, as pynetdicom: Evt19
+            dul.event_queue.put("Evt19")
+            return
+        dul._recv_pdu.put(decoded)
+        dul.event_queue.put(event)
+
+    def _answer_release(self) -> None:
+        """The peer asked to release mid-C-GET: answer it, as pynetdicom's acceptor does."""
+        assoc = self.assoc
+        deadline = time.monotonic() + self.owner.timeouts.acse
+        while time.monotonic() < deadline and assoc.dul.is_alive():
+            if assoc.acse.is_release_requested():
+                with contextlib.suppress(Exception):
+                    assoc.acse.send_release(is_response=True)
+                assoc.is_released = True
+                assoc.is_established = False
+                assoc.kill()
+                return
+            time.sleep(0.001)  # the DUL thread is handling the PDU
+        abort(assoc)
+
+    def abort(self) -> None:
+        """Abort the association through pynetdicom (A-ABORT, state machine to idle)."""
+        self.restore()
+        self.owner.gate.release()
+        abort(self.assoc)
