@@ -2,13 +2,19 @@
 
 The peers here are our own (started for this module) and hold a study of 3 series
 of 60 instances and a one-series study of 160.  The data path is real; only
-``open_association`` / ``release`` / ``cancel_watch`` of the operations module are
-wrapped to count how many associations are open at once and which got C-CANCEL.
+``open_association`` / ``release`` / ``_send_listed`` of the operations module are
+wrapped to count how many associations are open at once and which are inside a
+C-GET request.  Which associations sent a C-CANCEL-RQ is read on the wire, by a
+forwarding tap between client and peer (:class:`CancelTap`), so that the proof is
+the same on the lean receive path (``settings.fast_path``, which sends its own
+C-CANCEL) and on pynetdicom's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +30,7 @@ from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.dicom.requests import RetrieveRequest, listed_sop_uids
 from clarinet_nb.dicom.split import WorkQueue, work_items
+from clarinet_nb.dicom.wire import command_us, parse_command
 from clarinet_nb.testing import DcmqrscpServer, OrthancServer, PeerProcess, generate_bulk
 from tests.support import TEST_TIMEOUTS
 
@@ -78,19 +85,137 @@ def node(peer: PeerProcess) -> DicomNode:
     return DicomNode(aet=peer.aet, host=peer.host, port=peer.port)
 
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+C_CANCEL_RQ = 0x0FFF
+
+
+class CancelTap:
+    """A loopback forwarder in front of a real peer that reads the client's PDUs.
+
+    Bytes go both ways unchanged (TCP_NODELAY, TCP_QUICKACK re-armed before each
+    read, so that it adds no delayed-ACK stall); the client-to-peer stream is cut
+    into PDUs and the command sets of its P-DATA-TF PDUs decoded, and the client
+    port of every connection that sent a C-CANCEL-RQ is kept in ``cancelled``."""
+
+    def __init__(self, upstream: PeerProcess) -> None:
+        self.upstream = (upstream.host, upstream.port)
+        self.aet = upstream.aet
+        self.lock = threading.Lock()
+        self.cancelled: set[int] = set()
+        self.cancels = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.socks: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def node(self) -> DicomNode:
+        return DicomNode(aet=self.aet, host="127.0.0.1", port=self.port)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, address = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.socks += [client, server]
+            port = int(address[1])
+            for src, dst, watch in ((client, server, port), (server, client, None)):
+                thread = threading.Thread(target=self._pump, args=(src, dst, watch), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, port: int | None) -> None:
+        stream = bytearray()
+        commands: dict[int, bytearray] = {}
+        while True:
+            if _QUICKACK is not None:
+                with contextlib.suppress(OSError):
+                    src.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            try:
+                data = src.recv(262144)
+                if data:
+                    dst.sendall(data)
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            if port is not None:
+                stream += data
+                self._scan(stream, commands, port)
+
+    def _scan(self, stream: bytearray, commands: dict[int, bytearray], port: int) -> None:
+        while len(stream) >= 6:
+            kind, length = stream[0], struct.unpack_from(">I", stream, 2)[0]
+            if len(stream) < 6 + length:
+                return
+            body = bytes(stream[6 : 6 + length])
+            del stream[: 6 + length]
+            pos = 0
+            while kind == 0x04 and pos + 6 <= len(body):  # P-DATA-TF: its PDV items
+                size = struct.unpack_from(">I", body, pos)[0]
+                context, header = body[pos + 4], body[pos + 5]
+                fragment = body[pos + 6 : pos + 4 + size]
+                pos += 4 + size
+                if not header & 0x01:
+                    continue  # a dataset fragment
+                commands.setdefault(context, bytearray()).extend(fragment)
+                if header & 0x02:  # the last fragment of a command set
+                    field = command_us(parse_command(commands.pop(context)), 0x0100)
+                    if field == C_CANCEL_RQ:
+                        with self.lock:
+                            self.cancelled.add(port)
+                            self.cancels += 1
+
+    def close(self) -> None:
+        self.listener.close()
+        with self.lock:
+            socks = list(self.socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._accepting.join(10)
+        for thread in self.threads:
+            thread.join(10)
+
+
+@pytest.fixture
+def tap(server: PeerProcess) -> Iterator[CancelTap]:
+    found = CancelTap(server)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def _local_port(assoc: Any) -> int:
+    """The client port of an established association (the tap sees it as the peer's)."""
+    return int(assoc.dul.socket.socket.getsockname()[1])
+
+
 class Spy:
-    """Counts the associations a retrieve holds at once, and C-CANCELs per association."""
+    """Counts the associations a retrieve holds at once, and which are inside a C-GET
+    request (by client port), on either receive path."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.open: set[int] = set()
         self.most = 0
         self.opened = 0
-        self.in_get: set[int] = set()
-        self.cancelled: set[int] = set()
+        self.ports: dict[int, int] = {}  # thread -> client port of its open association
+        self.in_get: set[int] = set()  # client ports
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real_open, real_release, real_watch = ops.open_association, ops.release, ops.cancel_watch
+        real_open, real_release = ops.open_association, ops.release
+        real_send = ops.DicomOperations._send_listed
 
         def open_association(*args: Any, **kwargs: Any) -> Any:
             assoc = real_open(*args, **kwargs)
@@ -98,6 +223,8 @@ class Spy:
                 self.open.add(id(assoc))
                 self.opened += 1
                 self.most = max(self.most, len(self.open))
+                with contextlib.suppress(AttributeError, OSError):
+                    self.ports[threading.get_ident()] = _local_port(assoc)
             return assoc
 
         def release(assoc: Any) -> None:
@@ -105,22 +232,20 @@ class Spy:
             with self.lock:
                 self.open.discard(id(assoc))
 
-        @contextlib.contextmanager
-        def cancel_watch(assoc: Any, token: Any, **kwargs: Any) -> Iterator[Any]:
-            with real_watch(assoc, token, **kwargs) as sent:
+        def send_listed(*args: Any, **kwargs: Any) -> None:
+            with self.lock:
+                port = self.ports.get(threading.get_ident())
+                if port is not None:
+                    self.in_get.add(port)
+            try:
+                real_send(*args, **kwargs)
+            finally:
                 with self.lock:
-                    self.in_get.add(id(assoc))
-                try:
-                    yield sent
-                finally:
-                    with self.lock:
-                        self.in_get.discard(id(assoc))
-                        if sent.is_set():
-                            self.cancelled.add(id(assoc))
+                    self.in_get.discard(port or 0)
 
         monkeypatch.setattr(ops, "open_association", open_association)
         monkeypatch.setattr(ops, "release", release)
-        monkeypatch.setattr(ops, "cancel_watch", cancel_watch)
+        monkeypatch.setattr(ops.DicomOperations, "_send_listed", send_listed)
 
 
 @pytest.fixture
@@ -253,8 +378,10 @@ async def test_forward_mode_split(
 
 
 async def test_cancel_mid_way_cancels_every_running_association(
-    server: PeerProcess, data: Data, spy: Spy
+    tap: CancelTap, data: Data, spy: Spy
 ) -> None:
+    """Cancelled once two associations are receiving: every association inside a C-GET
+    at that moment sends a C-CANCEL-RQ (seen on the wire), all are released."""
     token = CancelToken()
     lock = threading.Lock()
     per_thread: dict[int, int] = {}
@@ -274,11 +401,12 @@ async def test_cancel_mid_way_cancels_every_running_association(
     baseline = set(threading.enumerate())
     async with DicomClient(max_associations=4, timeouts=TEST_TIMEOUTS) as client:
         result = await client.get_study(
-            data.multi, peer=node(server), cancel=token, on_stored=on_stored
+            data.multi, peer=tap.node(), cancel=token, on_stored=on_stored
         )
     assert result.status is RetrieveStatus.CANCELLED
     assert 0 < result.received < SERIES * PER_SERIES
-    assert len(at_cancel) >= 2 and at_cancel <= spy.cancelled  # C-CANCEL on each
+    assert len(at_cancel) >= 2 and at_cancel <= tap.cancelled  # C-CANCEL on each
+    assert tap.cancels == len(tap.cancelled)  # one per association
     assert not spy.open and spy.most <= 4
     # the event loop's default executor (asyncio_N, used by aclose) lives on: not ours
     ours = {t for t in set(threading.enumerate()) - baseline if not t.name.startswith("asyncio")}
@@ -317,7 +445,7 @@ def test_workers_count_free_threads() -> None:
 
 
 async def test_interrupted_split_pull_keeps_and_lists_what_arrived(
-    server: PeerProcess, data: Data, spy: Spy, tmp_path: Path
+    tap: CancelTap, data: Data, spy: Spy, tmp_path: Path
 ) -> None:
     """A notebook pull of one split study, interrupted (task cancelled) once two
     associations are receiving: C-CANCEL, all released, the files listed as retrieved."""
@@ -349,7 +477,7 @@ async def test_interrupted_split_pull_keeps_and_lists_what_arrived(
         def close(self) -> None:
             return None
 
-    pacs = cnb.connect(node(server), max_associations=4, timeouts=TEST_TIMEOUTS)
+    pacs = cnb.connect(tap.node(), max_associations=4, timeouts=TEST_TIMEOUTS)
     try:
         studies = pd.DataFrame({"StudyInstanceUID": [data.multi]})
         out = tmp_path / "out"
@@ -359,7 +487,7 @@ async def test_interrupted_split_pull_keeps_and_lists_what_arrived(
             await task
     finally:
         pacs.client.close()
-    assert spy.cancelled and not spy.open and spy.most <= 4
+    assert tap.cancelled and not spy.open and spy.most <= 4  # C-CANCEL on the wire
     files = {p.stem for p in out.rglob("*.dcm")}
     assert 4 <= len(files) < SERIES * PER_SERIES and files <= data.sops[data.multi]
     assert not list(out.rglob(".*")), "temporary files left behind"
@@ -418,7 +546,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_disk_full_stops_every_association(
-    server: PeerProcess, data: Data, spy: Spy, small_disk: Path
+    tap: CancelTap, data: Data, spy: Spy, small_disk: Path
 ) -> None:
     """A full disk during a split C-GET: C-CANCEL on the running associations, all
     released, LocalStorageError whose result lists exactly the complete files."""
@@ -426,7 +554,7 @@ async def test_disk_full_stops_every_association(
 
     async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
         with pytest.raises(LocalStorageError, match="No space left on device") as caught:
-            await client.get_study(data.multi, peer=node(server), output_dir=small_disk)
+            await client.get_study(data.multi, peer=tap.node(), output_dir=small_disk)
     result = caught.value.result
     assert result is not None and result.associations > 1
     files = {p.stem for p in small_disk.rglob("*.dcm")}
@@ -436,7 +564,7 @@ async def test_disk_full_stops_every_association(
     # stopped (C-CANCEL), not every remaining instance failed one by one
     assert result.failed_sop_instance_uids
     assert len(result.failed_sop_instance_uids) < SERIES * PER_SERIES - result.received
-    assert spy.cancelled and not spy.open
+    assert tap.cancelled and not spy.open  # C-CANCEL on the wire
 
 
 async def test_one_association_cut_mid_pdu(server: PeerProcess, data: Data, spy: Spy) -> None:
