@@ -4,8 +4,11 @@
 Starts Orthanc stock, Orthanc tuned (``TCP_NODELAY=1``) and dcmqrscp on loopback,
 loads one study of ``--series`` series of ``--per-series`` 64x64 instances, and
 times ``DicomClient.get_study`` (pre-query included) to memory and to disk with
-splitting off (``split_min=0``) and on, ``--repeat`` times each, interleaved.
-Prints medians of wall and CPU seconds.  To model a PACS that is slow per
+splitting off (``one``: ``split_min=0``), forced (``split``: ``split_busy=None``,
+the extra associations opened at once) and as by default (``auto``: the split
+probe decides from the first instances), ``--repeat`` times each, interleaved.
+Prints medians of wall and CPU seconds, the associations of each run and, for
+``auto``, the median CPU load the probe measured.  To model a PACS that is slow per
 sub-operation (a network round trip per C-STORE), run it in a network namespace
 whose loopback has a delay (root):
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -40,6 +45,24 @@ import latency_proxy
 
 from clarinet_nb.dicom.split import SPLIT_MIN
 
+VARIANTS = ("one", "split", "auto")
+
+
+class ProbeLog(logging.Handler):
+    """Keeps the CPU loads the split probe logged (at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.loads: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.match(r"split probe: the client used ([0-9.]+) CPU", record.getMessage())
+        if found:
+            self.loads.append(float(found.group(1)))
+
+
+PROBE = ProbeLog()
+
 
 def multi_series_study(root: Path, series: int, per: int) -> tuple[str, list[Path]]:
     """One study of ``series`` CT series (generate_bulk's studies given one study UID)."""
@@ -53,7 +76,7 @@ def multi_series_study(root: Path, series: int, per: int) -> tuple[str, list[Pat
 
 
 async def one(
-    node: DicomNode, study: str, split: bool, mode: str, scratch: Path, n: int, split_min: int
+    node: DicomNode, study: str, variant: str, mode: str, scratch: Path, n: int, split_min: int
 ) -> tuple[float, float, int]:
     storage = (
         StorageConfig(mode=StorageMode.DISK, output_dir=scratch)
@@ -61,7 +84,9 @@ async def one(
         else StorageConfig(mode=StorageMode.MEMORY)
     )
     async with DicomClient(max_associations=4) as client:
-        client.operations.split_min = (split_min or SPLIT_MIN) if split else 0
+        client.operations.split_min = (split_min or SPLIT_MIN) if variant != "one" else 0
+        if variant == "split":
+            client.operations.split_busy = None
         wall, cpu = time.perf_counter(), time.process_time()
         result = await client.get_study(study, peer=node, storage=storage)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -134,6 +159,9 @@ def main() -> int:
         "--pull", type=int, default=0, help="instead: a notebook pull of N one-series studies"
     )
     args = parser.parse_args()
+    log = logging.getLogger("clarinet_nb")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(PROBE)
     n = args.series * args.per_series
     work = Path(tempfile.mkdtemp(prefix="bench-par-"))
     if args.pull:
@@ -157,23 +185,33 @@ def main() -> int:
                 if args.delay_ms:
                     proxy, port = latency_proxy.start(peer.port, args.delay_ms / 1000)
                     node = DicomNode(aet=peer.aet, host=peer.host, port=port)
-                times: dict[tuple[str, bool], list[tuple[float, float, int]]] = {}
+                times: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+                loads: dict[str, list[float]] = {}
                 for _ in range(args.repeat):
                     for mode in ("memory", "disk"):
-                        for split in (False, True):
+                        for variant in VARIANTS:
                             out = work / "out"
-                            got = asyncio.run(one(node, study, split, mode, out, n, args.split_min))
-                            times.setdefault((mode, split), []).append(got)
+                            PROBE.loads.clear()
+                            got = asyncio.run(
+                                one(node, study, variant, mode, out, n, args.split_min)
+                            )
+                            times.setdefault((mode, variant), []).append(got)
+                            if variant == "auto":
+                                loads.setdefault(mode, []).extend(PROBE.loads)
                 if proxy is not None:
                     proxy.kill()
                     proxy.join()
-                for (mode, split), runs in times.items():
+                for (mode, variant), runs in times.items():
                     wall = statistics.median(r[0] for r in runs)
                     cpu = statistics.median(r[1] for r in runs)
+                    probe = ""
+                    if variant == "auto" and loads.get(mode):
+                        probe = f"  probe load {statistics.median(loads[mode]):.2f}"
                     print(
-                        f"{kind:14} {mode:6} {'split' if split else 'one  '} "
-                        f"assoc {runs[0][2]}  wall {wall:.3f} s  ({n / wall:5.0f} inst/s)  "
-                        f"cpu {cpu:.3f} s  walls {[round(r[0], 2) for r in runs]}"
+                        f"{kind:14} {mode:6} {variant:5} "
+                        f"wall {wall:.3f} s ({n / wall:5.0f} inst/s)  cpu {cpu:.3f} s  "
+                        f"assocs {''.join(str(r[2]) for r in runs)}  "
+                        f"walls {[round(r[0], 2) for r in runs]}{probe}"
                     )
     finally:
         print(f"load at end {os.getloadavg()[0]:.2f}")

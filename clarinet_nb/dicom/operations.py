@@ -68,7 +68,14 @@ from clarinet_nb.dicom.requests import (
 )
 from clarinet_nb.dicom.results import names_look_emptied
 from clarinet_nb.dicom.scp import Admission, Scope, peer_addresses, receiving
-from clarinet_nb.dicom.split import SPLIT_MIN, Workers, WorkQueue, work_items
+from clarinet_nb.dicom.split import (
+    SPLIT_BUSY,
+    SPLIT_MIN,
+    SplitProbe,
+    Workers,
+    WorkQueue,
+    work_items,
+)
 from clarinet_nb.dicom.status import describe
 from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
@@ -186,6 +193,10 @@ class DicomOperations:
         self.split_min = SPLIT_MIN
         """Fewest planned instances for which a C-GET is split over several
         associations (0: never split)."""
+        self.split_busy: float | None = SPLIT_BUSY
+        """Open the extra associations of a split C-GET only when the client used less
+        than this fraction of one CPU over its first instances (``SplitProbe``: it waits
+        on the peer, not on itself); None: open them at once."""
 
     # -- peers that cannot match a list of UIDs -------------------------------------------
 
@@ -588,8 +599,9 @@ class DicomOperations:
         """The first pass of a C-GET split in parts over up to ``workers.size`` associations.
 
         This thread opens the first association; once it has the storage contexts
-        of every planned class, extra associations are queued on the client's pool
-        (each starts when a thread is free, so the client's bound holds).  Every
+        of every planned class and (``split_busy``) the first instances showed that
+        the client waits on the peer, extra associations are queued on the client's
+        pool (each starts when a thread is free, so the client's bound holds).  Every
         association takes parts from one queue until it is empty.  Failures of a
         part are counted as on one association; the first error of an association
         that had taken a part stops the handing out and is raised once all are done.
@@ -636,17 +648,35 @@ class DicomOperations:
                 with lock:
                     errors.append(exc)
 
+        finished = [False]
+
+        def spawn() -> None:
+            with lock:  # the probe may decide in a receiving thread, as the retrieve ends
+                if finished[0]:
+                    return
+                for _ in range(min(extras, len(queue.items) - 1)):
+                    future = workers.submit(helper)
+                    if future is not None:
+                        helpers.append(future)
+
+        received = handler.on_received
+        probe = SplitProbe(spawn, busy=self.split_busy or 0.0)
+
+        def observed(n: int) -> object:
+            probe.tick()
+            return received(n) if received is not None else None
+
         def start(assoc: Association) -> Iterable[Dataset]:
             if known:
                 accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts if cx.as_scp}
                 if any(uid not in accepted for uid in chunk.sop_classes):
                     # some class refused: one association, as without splitting
                     return self._get_identifiers(assoc, request, plan, chunk, 1, handler)
-            for _ in range(min(extras, len(queue.items) - 1)):
-                future = workers.submit(helper)
-                if future is not None:
-                    helpers.append(future)
             logger.debug("C-GET of %d instances in %d parts", len(plan), len(queue.items))
+            if self.split_busy is None:
+                spawn()
+            else:  # first measure whether the client waits on the peer (SplitProbe)
+                handler.on_received = observed
             return queue
 
         try:
@@ -655,9 +685,13 @@ class DicomOperations:
                 request, peer, plan if known else None, chunk, 1, handler, counters, cancel, start,
             )  # fmt: skip
         finally:
+            probe.stop()
             queue.close()
+            with lock:
+                finished[0] = True
             running = [f for f in helpers if not workers.cancel(f)]  # dropped if not started
             wait_futures(running)
+            handler.on_received = received
             for mine in extra:
                 counters.add(mine)
         if errors:

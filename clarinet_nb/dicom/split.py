@@ -5,12 +5,23 @@ plan order: a series that fits one item and that the request covers whole is
 asked at SERIES level (one UID, cheap for the peer), a longer series (or part
 of an instance list) in contiguous UID lists.  The items are a queue that each
 association of the retrieve takes from until it is empty (``WorkQueue``).
+
+Whether to open the extra associations is measured, not assumed (``SplitProbe``):
+they only help when the client waits on the peer or the network.  The first
+association starts alone; once ``PROBE_INSTANCES`` instances have arrived after
+its first one, the process CPU time over that stretch is compared with its wall
+time.  A client that used less than ``SPLIT_BUSY`` of one CPU was waiting (a
+peer that is slow per sub-operation, a network round trip per C-STORE): the
+extra associations are started.  A client busier than that is the bottleneck
+(one interpreter lock): more associations would only add CPU, so none is opened.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -22,14 +33,87 @@ from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.dicom.requests import RetrieveRequest, image_identifier
 
-__all__ = ["MIN_CHUNK", "SPLIT_MIN", "WorkQueue", "Workers", "work_items"]
+__all__ = [
+    "MIN_CHUNK",
+    "PROBE_INSTANCES",
+    "SPLIT_BUSY",
+    "SPLIT_MIN",
+    "SplitProbe",
+    "WorkQueue",
+    "Workers",
+    "work_items",
+]
 
 T = TypeVar("T")
+logger = logging.getLogger("clarinet_nb")
 
 MIN_CHUNK = 50
 """Fewest instances worth one C-GET request of their own."""
 SPLIT_MIN = 2 * MIN_CHUNK
 """Fewest planned instances for which a retrieve is split over several associations."""
+PROBE_INSTANCES = 16
+"""Instances, after the first, over which the split probe measures the client's CPU."""
+SPLIT_BUSY = 0.75
+"""Split only when the client used less than this fraction of one CPU over the probe."""
+
+
+class SplitProbe:
+    """Decides, from the first instances received, whether extra associations would help.
+
+    :meth:`tick` is called once per stored instance (from any receiving thread).
+    The stretch measured runs from the first instance to the ``instances``-th after
+    it; at its end ``start`` is called (in the ticking thread) when the process CPU
+    time over the stretch was less than ``busy`` times its wall time.  Decides once;
+    :meth:`stop` ends it undecided (the first association finished first)."""
+
+    def __init__(
+        self,
+        start: Callable[[], object],
+        instances: int = PROBE_INSTANCES,
+        busy: float = SPLIT_BUSY,
+        clock: Callable[[], float] = time.perf_counter,
+        cpu: Callable[[], float] = time.process_time,
+    ) -> None:
+        self._start = start
+        self.instances = max(1, instances)
+        self.busy = busy
+        self._clock = clock
+        self._cpu = cpu
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._t0 = self._c0 = 0.0
+        self.decided = False
+        self.load: float | None = None
+        """CPU seconds per wall second over the stretch, once measured."""
+        self.split: bool | None = None
+
+    def tick(self, _n: int = 1) -> None:
+        with self._lock:
+            if self.decided:
+                return
+            self._seen += 1
+            if self._seen == 1:
+                self._t0, self._c0 = self._clock(), self._cpu()
+                return
+            if self._seen <= self.instances:
+                return
+            self.decided = True
+            wall = self._clock() - self._t0
+            self.load = (self._cpu() - self._c0) / wall if wall > 0 else float("inf")
+            self.split = self.load < self.busy
+        logger.debug(
+            "split probe: the client used %.2f CPU over %d instances: %s",
+            self.load,
+            self.instances,
+            "splitting" if self.split else "one association",
+        )
+        if self.split:
+            self._start()
+
+    def stop(self) -> None:
+        """Decide nothing more."""
+        with self._lock:
+            self.decided = True
 
 
 def work_items(
