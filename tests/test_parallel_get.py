@@ -29,7 +29,7 @@ from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import QueryLevel
 from clarinet_nb.dicom.requests import RetrieveRequest, listed_sop_uids
-from clarinet_nb.dicom.split import WorkQueue, work_items
+from clarinet_nb.dicom.split import SplitProbe, WorkQueue, work_items
 from clarinet_nb.dicom.wire import command_us, parse_command
 from clarinet_nb.testing import DcmqrscpServer, OrthancServer, PeerProcess, generate_bulk
 from tests.support import TEST_TIMEOUTS
@@ -248,6 +248,13 @@ class Spy:
         monkeypatch.setattr(ops.DicomOperations, "_send_listed", send_listed)
 
 
+@pytest.fixture(autouse=True)
+def always_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split probe (SplitProbe) measures, then always splits: whether splitting
+    pays depends on the machine's load, what a split does must not."""
+    monkeypatch.setattr(ops, "SPLIT_BUSY", float("inf"))
+
+
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     found = Spy()
@@ -333,6 +340,7 @@ async def test_study_of_several_series_over_several_associations(
 
 async def test_one_long_series_in_chunks(server: PeerProcess, data: Data, spy: Spy) -> None:
     async with DicomClient(max_associations=4, timeouts=TEST_TIMEOUTS) as client:
+        client.operations.split_busy = None  # no probe: every association opened at once
         result = await client.get_series(data.long_series, study_uid=data.long, peer=node(server))
     assert result.status is RetrieveStatus.SUCCESS
     assert _sops(result) == data.sops[data.long] and result.received == LONG
@@ -421,6 +429,121 @@ async def test_small_retrieve_is_not_split(server: PeerProcess, data: Data, spy:
         client.operations.split_min = SERIES * PER_SERIES + 1
         result = await client.get_study(data.multi, peer=node(server))
     assert _sops(result) == data.sops[data.multi] and result.associations == 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def step(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+@pytest.mark.parametrize(("cpu_per_instance", "splits"), [(0.2, True), (0.9, False)])
+def test_split_probe_measures_the_instances_after_the_first(
+    cpu_per_instance: float, splits: bool
+) -> None:
+    """1 s of wall per instance; the client used ``cpu_per_instance`` of it.  The
+    stretch before the first instance (association, C-GET request) is not counted."""
+    clock, started = FakeClock(), []
+    probe = SplitProbe(
+        lambda: started.append(1), instances=4, busy=0.75,
+        clock=lambda: clock.wall, cpu=lambda: clock.cpu,
+    )  # fmt: skip
+    clock.step(100.0, 100.0)  # before the first instance: a busy start must not count
+    probe.tick()
+    for _ in range(3):
+        clock.step(1.0, cpu_per_instance)
+        probe.tick()
+    assert not probe.decided and not started
+    clock.step(1.0, cpu_per_instance)
+    probe.tick()  # the 4th instance after the first: decided
+    assert probe.decided and probe.load == pytest.approx(cpu_per_instance)
+    assert probe.split is splits and started == ([1] if splits else [])
+    for _ in range(10):
+        probe.tick()
+    assert len(started) <= 1  # decides once
+
+
+def test_busy_seconds_counts_cpu_and_run_queue_wait() -> None:
+    """Process CPU plus this thread's run-queue delay: never less than the CPU alone,
+    and it grows with work done."""
+    import time
+
+    from clarinet_nb.dicom.split import busy_seconds
+
+    before = busy_seconds()
+    assert before >= time.process_time() - 1e-3
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # burn 50 ms of CPU
+        pass
+    assert busy_seconds() - before >= 0.05 - 1e-3
+
+
+def test_split_probe_stopped_before_deciding_starts_nothing() -> None:
+    clock, started = FakeClock(), []
+    probe = SplitProbe(
+        lambda: started.append(1), instances=2, busy=1.0,
+        clock=lambda: clock.wall, cpu=lambda: clock.cpu,
+    )  # fmt: skip
+    probe.tick()
+    probe.stop()
+    clock.step(1.0, 0.0)
+    probe.tick()
+    probe.tick()
+    assert not started and probe.split is None
+
+
+@pytest.mark.parametrize(("busy", "split"), [(0.0, False), (float("inf"), True)])
+async def test_the_probe_decides_whether_to_split(
+    server: PeerProcess,
+    data: Data,
+    spy: Spy,
+    busy: float,
+    split: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client measured as too busy keeps one association (the parts asked one after
+    the other on it); one measured as waiting opens more.  Either way every instance
+    arrives exactly once."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="clarinet_nb")
+    async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        client.operations.split_busy = busy
+        result = await client.get_study(data.multi, peer=node(server))
+    assert result.status is RetrieveStatus.SUCCESS
+    assert _sops(result) == data.sops[data.multi]
+    assert result.received == len(result.received_sop_instance_uids) == SERIES * PER_SERIES
+    decisions = [r.getMessage() for r in caplog.records if "split probe" in r.getMessage()]
+    assert len(decisions) == 1
+    assert ("splitting" in decisions[0]) is split
+    assert (result.associations > 1) is split and spy.most <= 3 and not spy.open
+
+
+async def test_default_probe_is_consistent(server: PeerProcess, data: Data, spy: Spy) -> None:
+    """With the default threshold the decision depends on this machine's load: whatever
+    it is, the retrieve is complete and the associations match it."""
+    from clarinet_nb.dicom.split import SPLIT_BUSY, SplitProbe
+
+    probes: list[SplitProbe] = []
+
+    class Recording(SplitProbe):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            probes.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ops, "SplitProbe", Recording)
+        async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+            client.operations.split_busy = SPLIT_BUSY
+            result = await client.get_study(data.multi, peer=node(server))
+    assert _sops(result) == data.sops[data.multi] and result.received == SERIES * PER_SERIES
+    assert len(probes) == 1 and probes[0].decided and probes[0].load is not None
+    assert probes[0].busy == SPLIT_BUSY
+    assert (result.associations > 1) is bool(probes[0].split)
 
 
 def test_workers_count_free_threads() -> None:

@@ -9,11 +9,14 @@ association of the retrieve takes from until it is empty (``WorkQueue``).
 Whether to open the extra associations is measured, not assumed (``SplitProbe``):
 they only help when the client waits on the peer or the network.  The first
 association starts alone; once ``PROBE_INSTANCES`` instances have arrived after
-its first one, the process CPU time over that stretch is compared with its wall
-time.  A client that used less than ``SPLIT_BUSY`` of one CPU was waiting (a
-peer that is slow per sub-operation, a network round trip per C-STORE): the
-extra associations are started.  A client busier than that is the bottleneck
-(one interpreter lock): more associations would only add CPU, so none is opened.
+its first one, the process CPU time over that stretch, plus the time the
+receiving thread waited for a CPU (Linux run-queue delay: a busy machine, not a
+slow peer), is compared with its wall time.  A client that used less than
+``SPLIT_BUSY`` of it was waiting on the other side (a network round trip per
+C-STORE, a PACS slow per sub-operation): the extra associations are started.
+A busier client (a peer on the same machine answering as fast as we read, the
+CPU-bound pynetdicom receive path, a loaded machine) gains little from more
+associations and would pay their CPU: none is opened.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "SplitProbe",
     "WorkQueue",
     "Workers",
+    "busy_seconds",
     "work_items",
 ]
 
@@ -53,8 +57,22 @@ SPLIT_MIN = 2 * MIN_CHUNK
 """Fewest planned instances for which a retrieve is split over several associations."""
 PROBE_INSTANCES = 16
 """Instances, after the first, over which the split probe measures the client's CPU."""
-SPLIT_BUSY = 0.75
-"""Split only when the client used less than this fraction of one CPU over the probe."""
+SPLIT_BUSY = 0.4
+"""Split only when the client used (or waited for) less than this fraction of one CPU
+over the probe.  Measured (benchmarks/PARALLEL.md): 0.1-0.3 with 1 ms one-way latency,
+0.2-0.35 with 0.25 ms, 0.3-0.65 for a peer on the same 2-core machine, 0.55-0.8 on
+pynetdicom's receive path."""
+
+
+def busy_seconds() -> float:
+    """Process CPU seconds plus the calling thread's run-queue delay (Linux; else 0)."""
+    cpu = time.process_time()
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as fh:
+            fields = fh.read().split()
+        return cpu + int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return cpu
 
 
 class SplitProbe:
@@ -62,8 +80,9 @@ class SplitProbe:
 
     :meth:`tick` is called once per stored instance (from any receiving thread).
     The stretch measured runs from the first instance to the ``instances``-th after
-    it; at its end ``start`` is called (in the ticking thread) when the process CPU
-    time over the stretch was less than ``busy`` times its wall time.  Decides once;
+    it; at its end ``start`` is called (in the ticking thread) when the busy time
+    over the stretch (``cpu``: :func:`busy_seconds`) was less than ``busy`` times
+    its wall time.  Decides once;
     :meth:`stop` ends it undecided (the first association finished first)."""
 
     def __init__(
@@ -72,7 +91,7 @@ class SplitProbe:
         instances: int = PROBE_INSTANCES,
         busy: float = SPLIT_BUSY,
         clock: Callable[[], float] = time.perf_counter,
-        cpu: Callable[[], float] = time.process_time,
+        cpu: Callable[[], float] = busy_seconds,
     ) -> None:
         self._start = start
         self.instances = max(1, instances)
@@ -84,7 +103,7 @@ class SplitProbe:
         self._t0 = self._c0 = 0.0
         self.decided = False
         self.load: float | None = None
-        """CPU seconds per wall second over the stretch, once measured."""
+        """Busy seconds per wall second over the stretch, once measured."""
         self.split: bool | None = None
 
     def tick(self, _n: int = 1) -> None:
