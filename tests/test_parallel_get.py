@@ -119,7 +119,11 @@ class CancelTap:
                 client, address = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:  # the peer is gone (torn down): the client sees a close
+                client.close()
+                continue
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
@@ -676,6 +680,9 @@ async def test_disk_full_stops_every_association(
     from clarinet_nb.errors import LocalStorageError
 
     async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        # every association opened at once: the disk fills after a few dozen instances,
+        # before a probe of 16 would have let the others start
+        client.operations.split_busy = None
         with pytest.raises(LocalStorageError, match="No space left on device") as caught:
             await client.get_study(data.multi, peer=tap.node(), output_dir=small_disk)
     result = caught.value.result
