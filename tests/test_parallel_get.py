@@ -107,7 +107,7 @@ class CancelTap:
         self.port = int(self.listener.getsockname()[1])
         self.socks: list[socket.socket] = []
         self.threads: list[threading.Thread] = []
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting = threading.Thread(target=self._accept, name="cancel-tap", daemon=True)
         self._accepting.start()
 
     def node(self) -> DicomNode:
@@ -130,7 +130,9 @@ class CancelTap:
                 self.socks += [client, server]
             port = int(address[1])
             for src, dst, watch in ((client, server, port), (server, client, None)):
-                thread = threading.Thread(target=self._pump, args=(src, dst, watch), daemon=True)
+                thread = threading.Thread(
+                    target=self._pump, args=(src, dst, watch), name="cancel-tap", daemon=True
+                )
                 thread.start()
                 self.threads.append(thread)
 
@@ -179,6 +181,8 @@ class CancelTap:
                             self.cancels += 1
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.listener.close()
         with self.lock:
             socks = list(self.socks)
@@ -421,7 +425,11 @@ async def test_cancel_mid_way_cancels_every_running_association(
     assert tap.cancels == len(tap.cancelled)  # one per association
     assert not spy.open and spy.most <= 4
     # the event loop's default executor (asyncio_N, used by aclose) lives on: not ours
-    ours = {t for t in set(threading.enumerate()) - baseline if not t.name.startswith("asyncio")}
+    ours = {
+        t
+        for t in set(threading.enumerate()) - baseline
+        if not t.name.startswith(("asyncio", "cancel-tap"))  # the tap's are not the client's
+    }
     for thread in ours:
         thread.join(30)  # association threads end after release: wait on their end
     assert not {t for t in ours if t.is_alive()}
