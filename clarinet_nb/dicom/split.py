@@ -57,11 +57,11 @@ SPLIT_MIN = 2 * MIN_CHUNK
 """Fewest planned instances for which a retrieve is split over several associations."""
 PROBE_INSTANCES = 16
 """Instances, after the first, over which the split probe measures the client's CPU."""
-SPLIT_BUSY = 0.4
+SPLIT_BUSY = 0.6
 """Split only when the client used (or waited for) less than this fraction of one CPU
-over the probe.  Measured (benchmarks/PARALLEL.md): 0.1-0.3 with 1 ms one-way latency,
-0.2-0.35 with 0.25 ms, 0.3-0.65 for a peer on the same 2-core machine, 0.55-0.8 on
-pynetdicom's receive path."""
+over the probe.  Measured (benchmarks/PARALLEL.md, medians): 0.11-0.33 with 1 ms one-way
+latency and 0.26-0.50 with 0.25 ms (where splitting paid 1.1-2x), 0.81-0.99 for a peer
+on the same 2-core machine, lean path or pynetdicom's (where it only cost CPU)."""
 
 
 def busy_seconds() -> float:
