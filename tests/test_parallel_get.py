@@ -87,6 +87,7 @@ def node(peer: PeerProcess) -> DicomNode:
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 C_CANCEL_RQ = 0x0FFF
+C_GET_RQ = 0x0010
 
 
 class CancelTap:
@@ -103,6 +104,7 @@ class CancelTap:
         self.lock = threading.Lock()
         self.cancelled: set[int] = set()
         self.cancels = 0
+        self.gets = 0  # C-GET-RQs
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.socks: list[socket.socket] = []
@@ -179,6 +181,9 @@ class CancelTap:
                         with self.lock:
                             self.cancelled.add(port)
                             self.cancels += 1
+                    elif field == C_GET_RQ:
+                        with self.lock:
+                            self.gets += 1
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -335,7 +340,8 @@ async def test_study_of_several_series_over_several_associations(
     assert result.received == result.expected == SERIES * PER_SERIES
     assert len(result.received_sop_instance_uids) == SERIES * PER_SERIES  # counted once
     assert not result.failed_sop_instance_uids and not result.missing_sop_instance_uids
-    assert 1 < result.associations <= 3
+    # the probe's whole request (cancelled), then up to 3 at once for the rest
+    assert 1 < result.associations <= 1 + 3
     assert spy.opened == result.associations + 1  # + the pre-query's C-FIND association
     assert spy.most <= 3 and not spy.open
     if mode == "disk":
@@ -416,6 +422,7 @@ async def test_cancel_mid_way_cancels_every_running_association(
 
     baseline = set(threading.enumerate())
     async with DicomClient(max_associations=4, timeouts=TEST_TIMEOUTS) as client:
+        client.operations.split_busy = None  # split at once: no C-CANCEL of the probe's
         result = await client.get_study(
             data.multi, peer=tap.node(), cancel=token, on_stored=on_stored
         )
@@ -510,29 +517,35 @@ def test_split_probe_stopped_before_deciding_starts_nothing() -> None:
 
 @pytest.mark.parametrize(("busy", "split"), [(0.0, False), (float("inf"), True)])
 async def test_the_probe_decides_whether_to_split(
-    server: PeerProcess,
+    tap: CancelTap,
     data: Data,
     spy: Spy,
     busy: float,
     split: bool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A client measured as too busy keeps one association (the parts asked one after
-    the other on it); one measured as waiting opens more.  Either way every instance
-    arrives exactly once."""
+    """The request goes out whole.  A client measured as too busy lets it run to its
+    end: one association, one C-GET-RQ, no C-CANCEL.  One measured as waiting cancels
+    it (C-CANCEL on the wire) and fetches what is missing over several associations.
+    Either way every instance arrives exactly once and the result is SUCCESS."""
     import logging
 
     caplog.set_level(logging.DEBUG, logger="clarinet_nb")
     async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
         client.operations.split_busy = busy
-        result = await client.get_study(data.multi, peer=node(server))
+        result = await client.get_study(data.multi, peer=tap.node())
     assert result.status is RetrieveStatus.SUCCESS
     assert _sops(result) == data.sops[data.multi]
     assert result.received == len(result.received_sop_instance_uids) == SERIES * PER_SERIES
+    assert not result.failed_sop_instance_uids and not result.missing_sop_instance_uids
     decisions = [r.getMessage() for r in caplog.records if "split probe" in r.getMessage()]
     assert len(decisions) == 1
     assert ("splitting" in decisions[0]) is split
     assert (result.associations > 1) is split and spy.most <= 3 and not spy.open
+    if split:
+        assert tap.cancels == 1 and tap.gets > 2  # the whole request, then the parts
+    else:
+        assert tap.cancels == 0 and tap.gets == 1  # the whole request, as never split
 
 
 async def test_default_probe_is_consistent(server: PeerProcess, data: Data, spy: Spy) -> None:
@@ -613,6 +626,7 @@ async def test_interrupted_split_pull_keeps_and_lists_what_arrived(
             return None
 
     pacs = cnb.connect(tap.node(), max_associations=4, timeouts=TEST_TIMEOUTS)
+    pacs.client.operations.split_busy = None  # split at once: no C-CANCEL of the probe's
     try:
         studies = pd.DataFrame({"StudyInstanceUID": [data.multi]})
         out = tmp_path / "out"
@@ -653,7 +667,7 @@ async def test_split_against_a_peer_that_refuses_uid_lists(
         result = await client.get_study(data.multi, peer=node(qrscp))
     assert result.status is RetrieveStatus.SUCCESS
     assert _sops(result) == data.sops[data.multi] and result.received == SERIES * PER_SERIES
-    assert 1 < result.associations <= 3 and spy.most <= 3
+    assert 1 < result.associations <= 1 + 3 and spy.most <= 3  # the probe's, then 3
     refusals = [r for r in caplog.records if "list of UIDs" in r.getMessage()]
     assert len(refusals) == 1
     assert client.operations.refuses_uid_lists(node(qrscp))

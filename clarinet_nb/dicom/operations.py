@@ -194,9 +194,9 @@ class DicomOperations:
         """Fewest planned instances for which a C-GET is split over several
         associations (0: never split)."""
         self.split_busy: float | None = SPLIT_BUSY
-        """Open the extra associations of a split C-GET only when the client used less
-        than this fraction of one CPU over its first instances (``SplitProbe``: it waits
-        on the peer, not on itself); None: open them at once."""
+        """A C-GET that may split goes out whole first, and is cancelled and split only
+        when the client used less than this fraction of one CPU over its first instances
+        (``SplitProbe``: it waits on the peer, not on itself); None: split at once."""
 
     # -- peers that cannot match a list of UIDs -------------------------------------------
 
@@ -596,12 +596,74 @@ class DicomOperations:
         counters: _Counters,
         cancel: CancelToken | None,
     ) -> None:
-        """The first pass of a C-GET split in parts over up to ``workers.size`` associations.
+        """The first pass of a C-GET that may split over up to ``workers.size`` associations.
+
+        With ``split_busy`` set, the request goes out whole on one association, as
+        without splitting, while :class:`SplitProbe` watches its first instances.  When
+        they show the client waiting on the peer, that request is cancelled (C-CANCEL)
+        and what has not arrived is fetched in parts over several associations
+        (:meth:`_get_parts`); otherwise it runs to its end, unchanged.
+        """
+        if self.split_busy is None:
+            self._get_parts(request, peer, plan, known, chunk, handler, counters, cancel)
+            return
+        mine = CancelToken()
+        unlink = cancel.on_cancel(mine.cancel) if cancel is not None else None
+        probe = SplitProbe(mine.cancel, busy=self.split_busy)
+        received = handler.on_received
+
+        def observed(n: int) -> object:
+            probe.tick()
+            return received(n) if received is not None else None
+
+        first = _Counters()
+        handler.on_received = observed
+        try:
+            self._get_on_association(
+                make_ae(self.calling_aet, self.timeouts),
+                request, peer, plan if known else None, chunk, 1, handler, first, mine, None,
+            )  # fmt: skip
+        finally:
+            probe.stop()
+            handler.on_received = received
+            if unlink is not None:
+                unlink()
+            counters.msg_id = first.msg_id
+        if not probe.split or _cancelled(cancel) or first.status not in (None, CANCEL_STATUS):
+            counters.add(first)  # ran to its end (or the user cancelled): as one association
+            return
+        # cancelled by the probe: its counts of what arrived stand, not its status
+        counters.completed += first.completed
+        counters.warning += first.warning
+        counters.associations += first.associations
+        arrived = handler.tally.arrived
+        missing = [i for i in plan.instances if i.sop_uid not in arrived]
+        if not missing:
+            return
+        begun = {i.series_uid for i in plan.instances if i.sop_uid in arrived}
+        logger.debug("C-GET split after %d of %d instances", len(plan) - len(missing), len(plan))
+        self._get_parts(
+            request, peer, RetrievePlan(missing), known, chunk, handler, counters, cancel, begun
+        )
+
+    def _get_parts(
+        self,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan,
+        known: bool,
+        chunk: GetChunk,
+        handler: StorageHandler,
+        counters: _Counters,
+        cancel: CancelToken | None,
+        begun: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
+        """``plan`` in parts over up to ``workers.size`` associations (``begun``: series
+        some instances of which already arrived, asked by UID list, never whole).
 
         This thread opens the first association; once it has the storage contexts
-        of every planned class and (``split_busy``) the first instances showed that
-        the client waits on the peer, extra associations are queued on the client's
-        pool (each starts when a thread is free, so the client's bound holds).  Every
+        of every planned class, extra associations are queued on the client's pool
+        (each starts when a thread is free, so the client's bound holds).  Every
         association takes parts from one queue until it is empty.  Failures of a
         part are counted as on one association; the first error of an association
         that had taken a part stops the handing out and is raised once all are done.
@@ -609,11 +671,12 @@ class DicomOperations:
         workers = self.workers
         assert workers is not None
         extras = workers.free()
-        queue = WorkQueue(work_items(request, plan, 1 + extras))
+        queue = WorkQueue(work_items(request, plan, 1 + extras, begun=begun))
         if not extras or len(queue.items) < 2:  # no thread free after all: as one
             self._get_on_association(
                 make_ae(self.calling_aet, self.timeouts),
-                request, peer, plan if known else None, chunk, 1, handler, counters, cancel, None,
+                request, peer, plan if known else None, chunk, 1, handler, counters, cancel,
+                None if not begun else list(queue.items),
             )  # fmt: skip
             return
         lock = threading.Lock()
@@ -648,35 +711,17 @@ class DicomOperations:
                 with lock:
                     errors.append(exc)
 
-        finished = [False]
-
-        def spawn() -> None:
-            with lock:  # the probe may decide in a receiving thread, as the retrieve ends
-                if finished[0]:
-                    return
-                for _ in range(min(extras, len(queue.items) - 1)):
-                    future = workers.submit(helper)
-                    if future is not None:
-                        helpers.append(future)
-
-        received = handler.on_received
-        probe = SplitProbe(spawn, busy=self.split_busy or 0.0)
-
-        def observed(n: int) -> object:
-            probe.tick()
-            return received(n) if received is not None else None
-
         def start(assoc: Association) -> Iterable[Dataset]:
-            if known:
+            if known and not begun:
                 accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts if cx.as_scp}
                 if any(uid not in accepted for uid in chunk.sop_classes):
                     # some class refused: one association, as without splitting
                     return self._get_identifiers(assoc, request, plan, chunk, 1, handler)
+            for _ in range(min(extras, len(queue.items) - 1)):
+                future = workers.submit(helper)
+                if future is not None:
+                    helpers.append(future)
             logger.debug("C-GET of %d instances in %d parts", len(plan), len(queue.items))
-            if self.split_busy is None:
-                spawn()
-            else:  # first measure whether the client waits on the peer (SplitProbe)
-                handler.on_received = observed
             return queue
 
         try:
@@ -685,13 +730,9 @@ class DicomOperations:
                 request, peer, plan if known else None, chunk, 1, handler, counters, cancel, start,
             )  # fmt: skip
         finally:
-            probe.stop()
             queue.close()
-            with lock:
-                finished[0] = True
             running = [f for f in helpers if not workers.cancel(f)]  # dropped if not started
             wait_futures(running)
-            handler.on_received = received
             for mine in extra:
                 counters.add(mine)
         if errors:
@@ -1096,6 +1137,10 @@ def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:
     except Exception:  # noqa: BLE001 - a malformed identifier from a peer: skipped, as before
         logger.error("failed to decode a received C-FIND identifier; match skipped")
         return None
+
+
+CANCEL_STATUS = 0xFE00
+"""Final status of a C-GET whose sub-operations a C-CANCEL terminated."""
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:

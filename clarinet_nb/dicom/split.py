@@ -6,17 +6,20 @@ asked at SERIES level (one UID, cheap for the peer), a longer series (or part
 of an instance list) in contiguous UID lists.  The items are a queue that each
 association of the retrieve takes from until it is empty (``WorkQueue``).
 
-Whether to open the extra associations is measured, not assumed (``SplitProbe``):
-they only help when the client waits on the peer or the network.  The first
-association starts alone; once ``PROBE_INSTANCES`` instances have arrived after
-its first one, the process CPU time over that stretch, plus the time the
-receiving thread waited for a CPU (Linux run-queue delay: a busy machine, not a
-slow peer), is compared with its wall time.  A client that used less than
-``SPLIT_BUSY`` of it was waiting on the other side (a network round trip per
-C-STORE, a PACS slow per sub-operation): the extra associations are started.
-A busier client (a peer on the same machine answering as fast as we read, the
-CPU-bound pynetdicom receive path, a loaded machine) gains little from more
-associations and would pay their CPU: none is opened.
+Whether to split is measured, not assumed (``SplitProbe``): extra associations
+only help when the client waits on the peer or the network.  The request first
+goes out whole on one association (as without splitting: one STUDY- or
+SERIES-level C-GET, cheaper for the peer than UID lists).  Once
+``PROBE_INSTANCES`` instances have arrived after its first one, the process CPU
+time over that stretch, plus the time the receiving thread waited for a CPU
+(Linux run-queue delay: a busy machine, not a slow peer), is compared with its
+wall time.  A client that used less than ``SPLIT_BUSY`` of it was waiting on the
+other side (a network round trip per C-STORE, a PACS slow per sub-operation):
+the request is cancelled (C-CANCEL) and what has not arrived is fetched in parts
+over several associations.  A busier client (a peer on the same machine
+answering as fast as we read, the CPU-bound pynetdicom receive path, a loaded
+machine) gains little from more associations and would pay their CPU: the
+request runs to its end, alone.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ class SplitProbe:
     The stretch measured runs from the first instance to the ``instances``-th after
     it; at its end ``start`` is called (in the ticking thread) when the busy time
     over the stretch (``cpu``: :func:`busy_seconds`) was less than ``busy`` times
-    its wall time.  Decides once;
-    :meth:`stop` ends it undecided (the first association finished first)."""
+    its wall time.  Decides once; :meth:`stop` ends it undecided (the request
+    finished first)."""
 
     def __init__(
         self,
@@ -136,13 +139,18 @@ class SplitProbe:
 
 
 def work_items(
-    request: RetrieveRequest, plan: RetrievePlan, workers: int, min_chunk: int = MIN_CHUNK
+    request: RetrieveRequest,
+    plan: RetrievePlan,
+    workers: int,
+    min_chunk: int = MIN_CHUNK,
+    begun: set[str] | frozenset[str] = frozenset(),
 ) -> list[Dataset]:
     """C-GET identifiers that together ask for exactly what ``plan`` lists.
 
     About two items per worker (so that a fast association takes more of them),
-    none smaller than ``min_chunk`` instances unless its series is.  Returns []
-    when the plan cannot be split (an instance without study or series UID).
+    none smaller than ``min_chunk`` instances unless its series is.  A series in
+    ``begun`` (some of its instances already arrived) is never asked whole.
+    Returns [] when the plan cannot be split (an instance without study or series UID).
     """
     groups: dict[tuple[str, str], list[PlannedInstance]] = {}
     for inst in plan.instances:
@@ -153,7 +161,7 @@ def work_items(
     whole = request.level in (QueryLevel.STUDY, QueryLevel.SERIES)
     items: list[Dataset] = []
     for (study, series), members in groups.items():
-        if whole and len(members) <= chunk:
+        if whole and len(members) <= chunk and series not in begun:
             items.append(_series_identifier(study, series))
             continue
         # equal contiguous parts of at most ``chunk`` instances
