@@ -158,6 +158,7 @@ def main() -> int:
     parser.add_argument(
         "--pull", type=int, default=0, help="instead: a notebook pull of N one-series studies"
     )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="one,split,auto")
     args = parser.parse_args()
     log = logging.getLogger("clarinet_nb")
     log.setLevel(logging.DEBUG)
@@ -189,7 +190,7 @@ def main() -> int:
                 loads: dict[str, list[float]] = {}
                 for _ in range(args.repeat):
                     for mode in ("memory", "disk"):
-                        for variant in VARIANTS:
+                        for variant in args.variants.split(","):
                             out = work / "out"
                             PROBE.loads.clear()
                             got = asyncio.run(
