@@ -62,9 +62,9 @@ PROBE_INSTANCES = 16
 """Instances, after the first, over which the split probe measures the client's CPU."""
 SPLIT_BUSY = 0.6
 """Split only when the client used (or waited for) less than this fraction of one CPU
-over the probe.  Measured (benchmarks/PARALLEL.md, medians): 0.11-0.33 with 1 ms one-way
-latency and 0.26-0.50 with 0.25 ms (where splitting paid 1.1-2x), 0.81-0.99 for a peer
-on the same 2-core machine, lean path or pynetdicom's (where it only cost CPU)."""
+over the probe.  Measured (benchmarks/PARALLEL.md, medians): 0.11-0.30 with 1 ms one-way
+latency and 0.22-0.51 with 0.25 ms (where splitting paid up to 1.9x), 0.73-1.01 for a
+peer on the same 2-core machine, lean path or pynetdicom's (where it only cost CPU)."""
 
 
 def busy_seconds() -> float:
