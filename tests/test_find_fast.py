@@ -1,4 +1,4 @@
-"""The lean C-FIND receive path (``FindReceiver``) against real peers.
+"""The lean C-FIND receive paths (``FastFind``, ``FindReceiver``) against real peers.
 
 Every answer read with the lean path must equal the answer read through pynetdicom's own
 DIMSE decoding (``CLARINET_FIND_FAST=0``): the same frames (columns, dtypes, values, NA,
@@ -23,27 +23,45 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 import clarinet_nb as cnb
-from clarinet_nb.dicom import rawfind
+from clarinet_nb.dicom import fastfind, rawfind
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import DicomOperations
 from clarinet_nb.dicom.queries import StudyQuery
+from clarinet_nb.settings import settings
 from clarinet_nb.testing import Cohort, Peer, free_port
 from tests.notebook_support import pacs_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
 
 
-@pytest.fixture
-def assembled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the pending responses the lean path assembled (it must not silently fall back)."""
+@pytest.fixture(params=["socket", "receiver"])
+def assembled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the pending responses the lean path assembled (it must not silently fall back).
+
+    Two lean paths: ``socket`` (settings.fast_path: the socket is ours between the
+    request and the final response, fastfind.py) and ``receiver`` (fast_path off: pynetdicom
+    reads the PDUs, :class:`rawfind.FindReceiver` assembles the responses)."""
     count: list[int] = []
-    original = rawfind._Pending.__init__
+    if request.param == "receiver":
+        monkeypatch.setattr(settings, "fast_path", False)
+        original = rawfind._Pending.__init__
 
-    def counting(self: Any, status: int, identifier: bytes) -> None:
-        count.append(status)
-        original(self, status, identifier)
+        def counting(self: Any, status: int, identifier: bytes) -> None:
+            count.append(status)
+            original(self, status, identifier)
 
-    monkeypatch.setattr(rawfind._Pending, "__init__", counting)
+        monkeypatch.setattr(rawfind._Pending, "__init__", counting)
+    else:
+        monkeypatch.setattr(settings, "fast_path", True)
+        exchange = fastfind._FindRun.exchange
+
+        def counted(self: Any, rq: bytes, syntax: Any) -> Iterator[Any]:
+            for response in exchange(self, rq, syntax):
+                if response[0] in fastfind.PENDING:
+                    count.append(int(response[0]))
+                yield response
+
+        monkeypatch.setattr(fastfind._FindRun, "exchange", counted)
     return count
 
 
@@ -168,7 +186,9 @@ def test_identifiers_split_over_pdus(
     assert frames[0]["StudyDate"].isna().tolist() == [False, False, False, True, False]
 
 
-def test_failure_status_after_matches(find_scp: DicomNode, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_status_after_matches(
+    find_scp: DicomNode, monkeypatch: pytest.MonkeyPatch, assembled: list[int]
+) -> None:
     ops = DicomOperations("CLARINET", max_pdu=4096)
     errors: list[BaseException] = []
 
@@ -180,6 +200,7 @@ def test_failure_status_after_matches(find_scp: DicomNode, monkeypatch: pytest.M
     _both(monkeypatch, run)
     assert [e.status for e in errors] == [0xC001, 0xC001]  # type: ignore[attr-defined]
     assert str(errors[0]) == str(errors[1])
+    assert len(assembled) == 5  # the lean run read the five matches before the failure
 
 
 def test_receiver_hands_back_a_half_message() -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -46,6 +46,7 @@ from clarinet_nb.dicom.contexts import (
     plan_get_chunks,
     plan_syntax_chunks,
 )
+from clarinet_nb.dicom.fastfind import FastFind
 from clarinet_nb.dicom.fastpath import FastGet
 from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
 from clarinet_nb.dicom.models import (
@@ -56,7 +57,7 @@ from clarinet_nb.dicom.models import (
 )
 from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
 from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
-from clarinet_nb.dicom.rawfind import find_responses, identifier_dataset
+from clarinet_nb.dicom.rawfind import fast_receive_enabled, find_responses, identifier_dataset
 from clarinet_nb.dicom.requests import (
     RetrieveRequest,
     image_identifier,
@@ -314,10 +315,18 @@ class DicomOperations:
         check_names = any(elem.VR == "PN" for elem in identifier)
         self._msg_id = getattr(self, "_msg_id", 0) % 65000 + 1
         msg_id = self._msg_id
-        responses = find_responses(assoc, identifier, model, msg_id)
-        with cancel_watch(
-            assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
-        ) as cancel_sent:
+        fast = _fast_find(assoc, peer, self.timeouts)
+        if fast is not None:  # the socket is ours until the final response (fastfind.py)
+            responses = fast.responses(identifier, model, msg_id, cancel)
+            watch: contextlib.AbstractContextManager[threading.Event] = contextlib.nullcontext(
+                fast.cancel_sent
+            )
+        else:
+            responses = find_responses(assoc, identifier, model, msg_id)
+            watch = cancel_watch(
+                assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
+            )
+        with contextlib.closing(responses), watch as cancel_sent:
             for code, raw, syntax in responses:
                 if code is None:
                     if cancel_sent.is_set():
@@ -892,6 +901,18 @@ def _storage_failure(
         "then retrieve again.",
         result=result,
     )
+
+
+def _fast_find(assoc: Association, peer: DicomNode, timeouts: Timeouts) -> FastFind | None:
+    """The lean C-FIND exchange of ``assoc`` (one per association), or None when
+    ``settings.fast_path`` or ``CLARINET_FIND_FAST`` is off."""
+    if not (settings.fast_path and fast_receive_enabled()):
+        return None
+    fast = getattr(assoc, "_clarinet_fast_find", None)
+    if fast is None:
+        fast = FastFind(assoc, peer, timeouts)
+        assoc._clarinet_fast_find = fast  # type: ignore[attr-defined]
+    return cast(FastFind, fast)
 
 
 def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator, MutableSequence
+from collections.abc import Generator, MutableSequence
 from io import BytesIO
 from typing import Any, Final, cast
 
@@ -188,7 +188,7 @@ _FAST_STATE: Final = _state_matches_pydicom()
 
 def find_responses(
     assoc: Association, identifier: Dataset, model: str, msg_id: int
-) -> Iterator[tuple[int | None, bytes | None, UID]]:
+) -> Generator[tuple[int | None, bytes | None, UID], None, None]:
     """``assoc.send_c_find`` yielding the identifier bytes instead of a decoded dataset.
 
     Yields ``(status code, identifier bytes or None, transfer syntax)``; like pynetdicom,
@@ -228,7 +228,7 @@ def find_responses(
 
 def _responses(
     assoc: Association, syntax: UID, receiver: FindReceiver | None
-) -> Iterator[tuple[int | None, bytes | None, UID]]:
+) -> Generator[tuple[int | None, bytes | None, UID], None, None]:
     try:
         while True:
             _cx, rsp = assoc.dimse.get_msg(block=True)
