@@ -48,6 +48,7 @@ from clarinet_nb.dicom.contexts import (
 )
 from clarinet_nb.dicom.fastfind import FastFind
 from clarinet_nb.dicom.fastpath import FastGet
+from clarinet_nb.dicom.findpool import FindPool
 from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
 from clarinet_nb.dicom.models import (
     DicomNode,
@@ -71,6 +72,7 @@ from clarinet_nb.dicom.status import describe
 from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
+    AssociationAbortedError,
     AssociationRejectedError,
     LocalStorageError,
     MoveDestinationUnknownError,
@@ -218,24 +220,61 @@ class DicomOperations:
         *,
         cancel: CancelToken | None = None,
         on_match: Callable[[Dataset], None] | None = None,
+        pool: FindPool | None = None,
     ) -> FindOutcome:
-        """C-FIND ``query`` on ``peer``; returns every match and how the query ended."""
+        """C-FIND ``query`` on ``peer``; returns every match and how the query ended.
+
+        With ``pool`` (one batch of queries) the association comes from and goes back
+        to the pool: an idle association of the batch is reused, and a reused one that
+        turns out closed by the peer before any answer is replaced once."""
         identifier = query.to_dataset()  # validates before any traffic
-        with self._find_association(peer) as assoc:
-            return self._find_on(assoc, query, identifier, peer, cancel, on_match)
+        if pool is None:
+            with self._find_association(peer) as assoc:
+                return self._find_on(assoc, query, identifier, peer, cancel, on_match)
+        matched: list[None] = []
+
+        def counted(ds: Dataset) -> None:
+            matched.append(None)
+            if on_match is not None:
+                on_match(ds)
+
+        while True:
+            taken = pool.take(peer)
+            reused = taken is not None
+            if taken is None:
+                taken = self._open_find_association(peer)
+                pool.opened += 1
+            assoc = taken
+            try:
+                outcome = self._find_on(assoc, query, identifier, peer, cancel, counted)
+            except AssociationAbortedError as exc:
+                release(assoc)
+                if reused and not matched and not _cancelled(cancel):
+                    logger.debug("a reused C-FIND association failed (%s): a new one", exc)
+                    continue
+                raise
+            except BaseException:
+                release(assoc)
+                raise
+            if outcome.cancelled:
+                release(assoc)
+            else:
+                pool.give(peer, assoc)
+            return outcome
 
     @contextlib.contextmanager
     def _find_association(self, peer: DicomNode) -> Iterator[Association]:
         """One association offering the Study Root and Patient Root FIND models."""
-        ae = make_ae(self.calling_aet, self.timeouts)
-        contexts = [build_context(_STUDY_FIND), build_context(_PATIENT_FIND)]
-        assoc = open_association(
-            ae, peer, contexts=contexts, max_pdu=self.max_pdu, purpose="C-FIND"
-        )
+        assoc = self._open_find_association(peer)
         try:
             yield assoc
         finally:
             release(assoc)
+
+    def _open_find_association(self, peer: DicomNode) -> Association:
+        ae = make_ae(self.calling_aet, self.timeouts)
+        contexts = [build_context(_STUDY_FIND), build_context(_PATIENT_FIND)]
+        return open_association(ae, peer, contexts=contexts, max_pdu=self.max_pdu, purpose="C-FIND")
 
     def _find_on(
         self,

@@ -13,15 +13,16 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.client import DicomClient
+from clarinet_nb.dicom.findpool import FindPool
 from clarinet_nb.dicom.handlers import storage_reason
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
@@ -35,6 +36,7 @@ from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.criteria import KeywordQuery, is_missing, parse_level
 from clarinet_nb.notebook.frames import empty_frame, to_frame
 from clarinet_nb.notebook.headers import header_frame, write_headers
+from clarinet_nb.notebook.listsplit import split_uid_list
 from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
 from clarinet_nb.notebook.pull import DatasetList, pull_to_disk, pull_to_memory
 from clarinet_nb.notebook.rows import (
@@ -121,9 +123,14 @@ class Pacs:
         show = progress if progress is not None else len(queries) > 1
         bar = SharedProgress(len(queries), f"C-FIND {lvl.value}", show, unit="query")
 
+        # the queries of one call share their associations (released when it ends); a
+        # single query with a long UID list is asked in parts side by side (listsplit.py)
+        pool = self.client.find_pool() if queries else None
+        parts = self.client.max_associations if len(queries) == 1 and split is None else 1
+
         async def one(query: KeywordQuery) -> tuple[pd.DataFrame | None, Exception | None]:
             try:
-                return await self._find_one(query, split, refresh), None
+                return await self._find_one(query, split, refresh, pool, parts), None
             except DicomError as exc:
                 return None, exc
             finally:
@@ -135,9 +142,18 @@ class Pacs:
             )
         finally:
             bar.close()
+            if pool is not None:
+                await self.client.close_pool(pool)
         return self._combine(lvl, plan, answers, frame is not None, criteria)
 
-    async def _find_one(self, query: KeywordQuery, split: Split, refresh: bool) -> pd.DataFrame:
+    async def _find_one(
+        self,
+        query: KeywordQuery,
+        split: Split,
+        refresh: bool,
+        pool: FindPool | None = None,
+        parts: int = 1,
+    ) -> pd.DataFrame:
         peer = str(self.node)
         if self.cache is not None and not refresh:
             cached = self.cache.get(peer, query)
@@ -151,7 +167,7 @@ class Pacs:
         async def once(q: KeywordQuery) -> FindOutcome:
             nonlocal attempts
             attempts += 1
-            return await self.client.find(q, peer=self.node)
+            return await self.client.find(q, peer=self.node, pool=pool)
 
         async def find(q: KeywordQuery) -> FindOutcome:
             what = f"{q.level.value} C-FIND on {self.node}"
@@ -161,8 +177,11 @@ class Pacs:
             return outcome
 
         try:
+            pieces = split_uid_list(query, parts) if parts > 1 else None
             if split == "auto":
                 datasets, truncated, issued = await find_with_split(find, query)
+            elif pieces:
+                datasets, truncated, issued = await _find_parts(find, pieces)
             else:
                 outcome = await find(query)
                 datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
@@ -526,3 +545,19 @@ def connect(
         memory_limit=limit,
         result_cap=cap,
     )
+
+
+async def _find_parts(
+    find: Callable[[KeywordQuery], Awaitable[FindOutcome]], pieces: Sequence[KeywordQuery]
+) -> tuple[list[Dataset], bool, int]:
+    """The parts of one split query, side by side; their matches in part order.
+
+    Every part runs to its end before the first error (if any) is raised: nothing
+    is left running on an association when the call returns."""
+    outcomes = await asyncio.gather(*(find(p) for p in pieces), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    done = [o for o in outcomes if isinstance(o, FindOutcome)]
+    datasets = [ds for o in done for ds in o.datasets]
+    return datasets, any(o.truncated for o in done), len(pieces)
