@@ -3,8 +3,9 @@
 A PACS such as Orthanc computes a whole C-FIND answer before it sends the first
 match, on one thread: a list of 100 study UIDs keeps one PACS core busy for seconds
 while the client waits, then the client decodes every match while the PACS idles.
-Cut into contiguous parts asked on up to ``max_associations`` associations, the
-parts are computed side by side and each is decoded while the next is computed.
+Cut into up to twice ``max_associations`` contiguous parts, asked on at most
+``max_associations`` associations at a time, the parts are computed side by side
+and the client decodes one round of parts while the PACS computes the next.
 
 The answer is the same: the list is split only on a unique key of the records
 (Study, Series or SOP Instance UID: every record has exactly one), so the parts

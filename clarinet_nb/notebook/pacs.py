@@ -124,9 +124,10 @@ class Pacs:
         bar = SharedProgress(len(queries), f"C-FIND {lvl.value}", show, unit="query")
 
         # the queries of one call share their associations (released when it ends); a
-        # single query with a long UID list is asked in parts side by side (listsplit.py)
+        # single query with a long UID list is asked in parts, max_associations at a time
+        # (listsplit.py)
         pool = self.client.find_pool() if queries else None
-        parts = self.client.max_associations if len(queries) == 1 and split is None else 1
+        parts = 2 * self.client.max_associations if len(queries) == 1 and split is None else 1
 
         async def one(query: KeywordQuery) -> tuple[pd.DataFrame | None, Exception | None]:
             try:
