@@ -127,7 +127,8 @@ class Pacs:
         # single query with a long UID list is asked in parts, max_associations at a time
         # (listsplit.py)
         pool = self.client.find_pool() if queries else None
-        parts = 2 * self.client.max_associations if len(queries) == 1 and split is None else 1
+        most = self.client.max_associations
+        parts = 2 * most if len(queries) == 1 and split is None and most > 1 else 1
 
         async def one(query: KeywordQuery) -> tuple[pd.DataFrame | None, Exception | None]:
             try:
