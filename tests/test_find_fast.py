@@ -9,6 +9,8 @@ PDUs (a 4 KiB max PDU), pending responses without identifier, and failure status
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,12 +26,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 import clarinet_nb as cnb
 from clarinet_nb.dicom import fastfind, rawfind
+from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import DicomOperations
 from clarinet_nb.dicom.queries import StudyQuery
 from clarinet_nb.settings import settings
 from clarinet_nb.testing import Cohort, Peer, free_port
 from tests.notebook_support import pacs_for
+from tests.support import TEST_TIMEOUTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
 
@@ -232,3 +236,56 @@ def _pdata(context_id: int, data: bytes) -> Any:
     primitive = P_DATA()
     primitive.presentation_data_value_list = [[context_id, data]]  # type: ignore[list-item]
     return primitive
+
+
+# --------------------------------------------------------------------------- cancel while waiting
+
+
+@pytest.fixture
+def slow_scp() -> Iterator[tuple[DicomNode, threading.Event, list[bool]]]:
+    """A Find SCP that answers nothing until it sees a C-CANCEL (or 20 s pass)."""
+    ae = AE(ae_title="SLOWSCP")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    started = threading.Event()
+    saw_cancel: list[bool] = []
+
+    def handle(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        started.set()
+        deadline = time.monotonic() + 20
+        cancelled = False  # pynetdicom's flag is consumed when read: read it once per pass
+        while not cancelled and time.monotonic() < deadline:
+            cancelled = event.is_cancelled
+            time.sleep(0.005)  # the peer polls pynetdicom's flag: nothing else to wait on
+        saw_cancel.append(cancelled)
+        yield 0xFE00, None
+
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, handle)]
+    )
+    try:
+        yield DicomNode(aet="SLOWSCP", host="127.0.0.1", port=port), started, saw_cancel
+    finally:
+        server.shutdown()
+
+
+def test_cancel_while_the_peer_computes_its_answer(
+    slow_scp: tuple[DicomNode, threading.Event, list[bool]], assembled: list[int]
+) -> None:
+    """The C-CANCEL goes out while we wait for the first response (the wake-up pipe on the
+    socket path, pynetdicom's send_c_cancel on the receiver path); the peer stops."""
+    node, started, saw_cancel = slow_scp
+    ops = DicomOperations("CLARINET", timeouts=TEST_TIMEOUTS)
+    token = CancelToken()
+
+    def cancel_when_started() -> None:
+        if started.wait(20):
+            token.cancel()
+
+    canceller = threading.Thread(target=cancel_when_started)
+    canceller.start()
+    outcome = ops.find(StudyQuery(patient_id="P*"), node, cancel=token)
+    canceller.join()
+    assert started.is_set() and saw_cancel == [True]
+    assert outcome.cancelled and not outcome.truncated and outcome.datasets == []
+    assert assembled == []
