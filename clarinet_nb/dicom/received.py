@@ -10,7 +10,6 @@ decoded into a pydicom Dataset only when a sink asks for one.
 from __future__ import annotations
 
 import functools
-from io import BytesIO
 from typing import Protocol, cast
 
 from pydicom import Dataset
@@ -20,7 +19,8 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import decode
+
+from clarinet_nb.dicom.rawfind import identifier_dataset
 
 __all__ = ["EventInstance", "RawInstance", "ReceivedInstance"]
 
@@ -78,9 +78,12 @@ class RawInstance:
         return memoryview(self.data)
 
     def dataset(self) -> Dataset:
+        """The dataset as pynetdicom's ``decode`` returns it, its top-level elements
+        walked with :mod:`struct` (:func:`~clarinet_nb.dicom.rawfind.identifier_dataset`:
+        pydicom's reader for anything off the common path)."""
         syntax = UID(self.transfer_syntax)
-        return decode(
-            BytesIO(self.data),
+        return identifier_dataset(
+            bytes(self.data),
             syntax.is_implicit_VR,
             syntax.is_little_endian,
             syntax.is_deflated,
