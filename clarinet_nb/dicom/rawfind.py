@@ -91,6 +91,7 @@ def walk(raw: bytes, implicit: bool) -> dict[BaseTag, RawDataElement | DataEleme
     explicit = _EXPLICIT.unpack_from
     long = _LONG.unpack_from
     vrs = _VR_TEXT
+    tags = _TAGS
     while size - pos >= 8:
         vr: str | None
         if implicit:
@@ -112,7 +113,10 @@ def walk(raw: bytes, implicit: bool) -> dict[BaseTag, RawDataElement | DataEleme
         if tag == _END_ITEM or length == _UNDEFINED or size - pos < length:
             return None
         value = raw[pos : pos + length] if length else _empty(vr)
-        elements[_tag(tag)] = RawDataElement(_tag(tag), vr, length, value, pos, implicit, True)
+        key = tags.get(tag)
+        if key is None:
+            key = _tag(tag)
+        elements[key] = RawDataElement(key, vr, length, value, pos, implicit, True)
         pos += length
     if pos != size:
         return None  # trailing bytes: pydicom decides what they mean
