@@ -221,7 +221,11 @@ class Pacs:
         failures = []
         parts = []
         first_error: Exception | None = None
-        answered = [(drop_duplicate_rows(f) if f is not None else None, e) for f, e in answers]
+        unique = UNIQUE_KEY[level]
+        answered = [
+            (f if f is None or _unique_rows(f, unique) else drop_duplicate_rows(f), e)
+            for f, e in answers
+        ]
         for row, slot in zip(plan.rows, plan.slots, strict=True):
             found, error = answered[slot] if slot is not None else (None, row.error)
             if error is not None or found is None:
@@ -239,13 +243,12 @@ class Pacs:
                     }
                 )
                 continue
-            parts.append(_with_context(found, row.context))
+            parts.append((found, row.context))
         if batch and failures and len(failures) == len(plan.rows) and first_error is not None:
             raise first_error
         keys = plan.distinct[0].keys if plan.distinct else ()
         if parts:
-            non_empty = [p for p in parts if len(p)] or parts[:1]
-            result = pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
+            result = _concat_with_context([p for p in parts if len(p[0])] or parts[:1])
         else:
             result = empty_frame(keys)
         answered_frames = [f for f, _ in answered if f is not None]
@@ -450,6 +453,51 @@ def _write_metadata(headers: pd.DataFrame, path: Path, manifest: pd.DataFrame | 
             f"{storage_reason(exc)}",
             manifest=manifest,
         ) from exc
+
+
+UNIQUE_KEY = {
+    QueryLevel.PATIENT: "PatientID",
+    QueryLevel.STUDY: "StudyInstanceUID",
+    QueryLevel.SERIES: "SeriesInstanceUID",
+    QueryLevel.IMAGE: "SOPInstanceUID",
+}
+
+
+def _unique_rows(found: pd.DataFrame, key: str) -> bool:
+    """True when no two rows can be identical: the level's unique key has no repeat
+    (and no NA); a cheap test that spares the full-row comparison of almost every answer."""
+    if len(found) < 2:
+        return True
+    if key not in found.columns:
+        return False
+    column = found[key]
+    return bool(column.notna().all() and column.is_unique)
+
+
+def _concat_with_context(parts: list[tuple[pd.DataFrame, Mapping[str, Any]]]) -> pd.DataFrame:
+    """The answers one after the other, each with its input row's non-key columns.
+
+    When every answer has the same columns (the usual case) the context columns are
+    built once for the whole result; otherwise answer by answer."""
+    frames = [found for found, _ in parts]
+    columns = list(frames[0].columns)
+    if any(list(f.columns) != columns for f in frames[1:]):
+        pieces = [_with_context(found, context) for found, context in parts]
+        return pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
+    result = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+    present = set(columns)
+    extra = list(dict.fromkeys(c for _, context in parts for c in context if c not in present))
+    added = {}
+    for column in extra:
+        values: list[Any] = []
+        for found, context in parts:
+            values.extend([context.get(column)] * len(found))
+        added[column] = pd.Series(values, index=result.index, dtype=object)
+    if added:
+        attrs = result.attrs
+        result = pd.concat([result, pd.DataFrame(added, index=result.index)], axis=1)
+        result.attrs = attrs
+    return result
 
 
 def _with_context(found: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
