@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 from io import BytesIO
 from typing import Any
@@ -40,16 +38,16 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ
 from pynetdicom.dimse_primitives import C_CANCEL, C_GET
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
+from pynetdicom.pdu import P_DATA_TF
 
 from clarinet_nb.dicom.association import Timeouts, abort
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.handlers import StorageHandler, plain_address
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.received import RawInstance
+from clarinet_nb.dicom.takeover import DulGate, Lease
 from clarinet_nb.dicom.wire import (
     TRAILING,
-    PduReader,
     PeerPduError,
     ProtocolError,
     WireClosedError,
@@ -77,59 +75,6 @@ _COUNTS = (
     (0x1022, "NumberOfFailedSuboperations"),
     (0x1023, "NumberOfWarningSuboperations"),
 )
-_EVENT_OF_PDU: dict[int, tuple[type[Any], str]] = {
-    0x04: (P_DATA_TF, "Evt10"),
-    0x05: (A_RELEASE_RQ, "Evt12"),
-    0x06: (A_RELEASE_RP, "Evt13"),
-    0x07: (A_ABORT_RQ, "Evt16"),
-}
-
-
-class DulGate:
-    """Holds pynetdicom's DUL reader thread at the top of its loop while we own the socket.
-
-    Installed as the DUL's ``_process_recv_primitive`` (the first thing each pass of
-    its loop calls): once asked to hold, the thread parks there between two PDUs,
-    with nothing of its own queued, until :meth:`release` or until something is
-    queued for it to send (an abort from elsewhere: ``intruded`` is then set)."""
-
-    def __init__(self, assoc: Association) -> None:
-        self._dul = assoc.dul
-        self._process = self._dul._process_recv_primitive
-        self._cond = threading.Condition()
-        self._hold = False
-        self.parked = False
-        self.intruded = False
-        self._dul._process_recv_primitive = self._checkpoint  # type: ignore[method-assign]
-
-    def _checkpoint(self) -> bool:
-        dul = self._dul
-        if self._hold and dul.event_queue.empty() and dul.to_provider_queue.empty():
-            with self._cond:
-                self.parked = True
-                self._cond.notify_all()
-                while self._hold and not dul._kill_thread:
-                    if not dul.to_provider_queue.empty():
-                        self.intruded = True
-                        break
-                    self._cond.wait(0.05)
-                self.parked = False
-                self._cond.notify_all()
-        return bool(self._process())
-
-    def hold(self, limit: float) -> bool:
-        """Park the reader; True once it is parked (False: it died or did not park)."""
-        with self._cond:
-            self._hold = True
-            self.intruded = False
-            self._cond.wait_for(lambda: self.parked or not self._dul.is_alive(), limit)
-            return self.parked
-
-    def release(self) -> None:
-        """Let the reader run again."""
-        with self._cond:
-            self._hold = False
-            self._cond.notify_all()
 
 
 class FastGet:
@@ -217,39 +162,22 @@ class FastGet:
         return self._pdus(message, context_id)
 
 
-class _Run:
+class _Run(Lease):
     """The socket side of one C-GET: owns the socket until :meth:`close`."""
 
     def __init__(self, owner: FastGet, context_id: int, msg_id: int) -> None:
         self.owner = owner
-        self.assoc = owner.assoc
         self.context_id = context_id
         self.msg_id = msg_id
-        transport = self.assoc.dul.socket
-        sock = getattr(transport, "socket", None)
-        if sock is None:
-            raise WireClosedError("no socket")
-        self.sock = sock
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.saved_timeout = sock.gettimeout()
-        sock.settimeout(0.0)
         self.cancel_requested = False
         self.cancel_sent = False
-        self.reader = PduReader(
-            sock,
-            network=owner.timeouts.network,
-            wake_fd=self.wake_r,
-            on_wake=self.service_cancel,
-            check=self.check_gate,
-        )
-        self.handed_back = False
+        super().__init__(owner.assoc, owner.gate, owner.timeouts, on_wake=self.service_cancel)
 
     # cancellation (request_cancel runs in any thread; the rest in ours) --------------------
 
     def request_cancel(self) -> None:
         self.cancel_requested = True
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"c")
+        self.wake()
 
     def service_cancel(self) -> None:
         if self.cancel_requested and not self.cancel_sent:
@@ -257,10 +185,6 @@ class _Run:
             logger.info("cancelling: sending C-CANCEL (message %d)", self.msg_id)
             self.reader.send(self.owner.cancel_pdus(self.context_id, self.msg_id))
             self.reader.grace = time.monotonic() + self.owner.timeouts.cancel
-
-    def check_gate(self) -> None:
-        if self.owner.gate.intruded or self.assoc._kill:
-            raise WireClosedError("the association is being aborted")
 
     # the exchange ---------------------------------------------------------------------------
 
@@ -396,61 +320,12 @@ class _Run:
 
     # giving the socket back ------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Give the socket back to pynetdicom (if not yet) and free the wake-up pipe.
-
-        PDUs the peer already sent after the final response (partly read into our
-        buffer) are read whole and handed to pynetdicom, as if its reader had read them."""
-        leftovers: list[bytes] = []
-        if not self.handed_back and self.reader.end > self.reader.pos:
-            self.reader.deadline = time.monotonic() + self.owner.timeouts.dimse
-            try:
-                leftovers = self.reader.leftover()
-            except Exception as exc:  # noqa: BLE001 - the stream is unusable: abort
-                logger.debug("unreadable data after the C-GET: %s", exc)
-                self.abort()
-        self.restore()
-        for pdu in leftovers:
-            self._inject(pdu)
-        self.owner.gate.release()
-        for fd in (self.wake_r, self.wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def restore(self) -> None:
-        if not self.handed_back:
-            self.handed_back = True
-            with contextlib.suppress(OSError):
-                self.sock.settimeout(self.saved_timeout)
-            self.assoc.dul._idle_timer.restart()
-
     def hand_back(self, pdu: PeerPduError | None) -> None:
-        """Give pynetdicom's state machine what the peer sent (None: connection closed)."""
-        self.restore()
-        if pdu is not None:
-            self._inject(pdu.pdu)
-        else:
-            self.assoc.dul.event_queue.put("Evt17")
-        self.owner.gate.release()
+        """Give pynetdicom what the peer sent; answer an A-RELEASE-RQ (we are the requestor:
+        no reactor of pynetdicom's runs to answer it)."""
+        super().hand_back(pdu)
         if pdu is not None and pdu.kind == 0x05:
             self._answer_release()
-
-    def _inject(self, raw: bytes) -> None:
-        """Queue one whole PDU for pynetdicom's state machine (the DUL is held)."""
-        dul = self.assoc.dul
-        known = _EVENT_OF_PDU.get(raw[0])
-        if known is None:
-            dul.event_queue.put("Evt19")  # unexpected here: pynetdicom aborts
-            return
-        cls, event = known
-        decoded = cls()
-        try:
-            decoded.decode(raw)
-        except Exception:  # noqa: BLE001 - undecodable, as pynetdicom: Evt19
-            dul.event_queue.put("Evt19")
-            return
-        dul._recv_pdu.put(decoded)
-        dul.event_queue.put(event)
 
     def _answer_release(self) -> None:
         """The peer asked to release mid-C-GET: answer it, as pynetdicom's acceptor does."""
@@ -466,9 +341,3 @@ class _Run:
                 return
             time.sleep(0.001)  # the DUL thread is handling the PDU
         abort(assoc)
-
-    def abort(self) -> None:
-        """Abort the association through pynetdicom (A-ABORT, state machine to idle)."""
-        self.restore()
-        self.owner.gate.release()
-        abort(self.assoc)

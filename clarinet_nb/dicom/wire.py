@@ -196,6 +196,8 @@ class PduReader:
         self.check = check
         self.pdu_left = 0
         """Bytes of the current P-DATA-TF PDU not yet handed out as PDVs."""
+        self.last_command = bytearray()
+        """The encoded command set of the last message (for handing it to pynetdicom)."""
         self.quickack = _TCP_QUICKACK
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
@@ -367,6 +369,7 @@ class PduReader:
                     raise ProtocolError("a command fragment after the command set ended")
                 self.copy_into(raw, length)
                 if control & 0x02:
+                    self.last_command = raw
                     command = parse_command(raw)
                     if command_us(command, 0x0800) == NO_DATASET:
                         return context, command, None
