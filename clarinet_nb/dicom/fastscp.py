@@ -36,7 +36,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.handlers import plain_address
 from clarinet_nb.dicom.received import RawInstance, ReceivedInstance
-from clarinet_nb.dicom.takeover import ESTABLISHED, DulGate, Lease, LeaseEndedError
+from clarinet_nb.dicom.takeover import ESTABLISHED, DulGate, Lease, LeaseEndedError, decoded
 from clarinet_nb.dicom.wire import (
     PDU_HEAD,
     PDV_HEAD,
@@ -199,8 +199,7 @@ class _Session(Lease):
             pdus.append(rest)
         pdus += self.reader.leftover()  # whole PDUs the peer sent after it
         self.restore()
-        for raw in pdus:
-            self.inject(raw)
+        self.gate.release([decoded(raw) for raw in pdus])
         logger.debug("a DIMSE message other than a C-STORE: the association is pynetdicom's")
 
 

@@ -28,7 +28,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
 from clarinet_nb.dicom.association import Timeouts, abort
 from clarinet_nb.dicom.wire import PDU_HEAD, PduReader, PeerPduError, WireClosedError
 
-__all__ = ["DulGate", "Lease", "LeaseEndedError"]
+__all__ = ["DulGate", "Injected", "Lease", "LeaseEndedError", "decoded"]
 
 logger = logging.getLogger("clarinet_nb")
 
@@ -40,6 +40,10 @@ _EVENT_OF_PDU: dict[int, tuple[type[Any], str]] = {
     0x06: (A_RELEASE_RP, "Evt13"),
     0x07: (A_ABORT_RQ, "Evt16"),
 }
+
+
+#: A PDU for pynetdicom's state machine (decoded, or None) and its event ('Evt10'...).
+Injected = tuple[Any, str]
 
 
 class LeaseEndedError(WireClosedError):
@@ -68,10 +72,12 @@ class DulGate:
         self.after_accept = after_accept
         self.parked = False
         self.intruded = False
+        self._handed: list[Injected] = []
         self._dul._process_recv_primitive = self._checkpoint  # type: ignore[method-assign]
 
     def _checkpoint(self) -> bool:
         dul = self._dul
+        handed: list[Injected] = []
         if (
             self._hold
             and dul.event_queue.empty()
@@ -87,8 +93,13 @@ class DulGate:
                         break
                     self._cond.wait(0.05)
                 self.parked = False
+                handed, self._handed = self._handed, []
                 self._cond.notify_all()
-        return bool(self._process())
+        for pdu, event in handed:  # in this thread, as if its own reads had brought them
+            if pdu is not None:
+                dul._recv_pdu.put(pdu)
+            dul.state_machine.do_action(event)
+        return bool(self._process()) or bool(handed)
 
     def arm(self) -> None:
         """Ask the reader to park at its next checkpoint (does not wait)."""
@@ -107,9 +118,15 @@ class DulGate:
         self.arm()
         return self.wait_parked(limit)
 
-    def release(self) -> None:
-        """Let the reader run again."""
+    def release(self, handed: list[Injected] | None = None) -> None:
+        """Let the reader run again, first giving its state machine ``handed``: PDUs we
+        read that are pynetdicom's business (None, 'Evt17': the connection closed).
+
+        They are dropped when the reader already left on its own (an abort queued
+        from elsewhere is under way): its state machine must not see them after it."""
         with self._cond:
+            if handed and self.parked and not self.intruded:
+                self._handed = list(handed)
             self._hold = False
             self._cond.notify_all()
 
@@ -169,9 +186,7 @@ class Lease:
                 logger.debug("unreadable data after our exchange: %s", exc)
                 self.abort()
         self.restore()
-        for pdu in leftovers:
-            self.inject(pdu)
-        self.gate.release()
+        self.gate.release([decoded(pdu) for pdu in leftovers])
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -187,11 +202,7 @@ class Lease:
     def hand_back(self, pdu: PeerPduError | None) -> None:
         """Give pynetdicom's state machine what the peer sent (None: connection closed)."""
         self.restore()
-        if pdu is not None:
-            self.inject(pdu.pdu)
-        else:
-            self.assoc.dul.event_queue.put("Evt17")
-        self.gate.release()
+        self.gate.release([decoded(pdu.pdu) if pdu is not None else (None, "Evt17")])
 
     def rest_of_pdu(self) -> bytes | None:
         """The PDVs left in the current P-DATA-TF PDU, as a PDU of their own."""
@@ -203,25 +214,22 @@ class Lease:
         reader.pdu_left = 0
         return PDU_HEAD.pack(0x04, len(body)) + bytes(body)
 
-    def inject(self, raw: bytes) -> None:
-        """Queue one whole PDU for pynetdicom's state machine (the DUL is held)."""
-        dul = self.assoc.dul
-        known = _EVENT_OF_PDU.get(raw[0])
-        if known is None:
-            dul.event_queue.put("Evt19")  # unexpected here: pynetdicom aborts
-            return
-        cls, event = known
-        decoded = cls()
-        try:
-            decoded.decode(raw)
-        except Exception:  # noqa: BLE001 - undecodable, as pynetdicom: Evt19
-            dul.event_queue.put("Evt19")
-            return
-        dul._recv_pdu.put(decoded)
-        dul.event_queue.put(event)
-
     def abort(self) -> None:
         """Abort the association through pynetdicom (A-ABORT, state machine to idle)."""
         self.restore()
         self.gate.release()
         abort(self.assoc)
+
+
+def decoded(raw: bytes) -> Injected:
+    """One whole PDU read from the peer, as pynetdicom's reader would queue it."""
+    known = _EVENT_OF_PDU.get(raw[0])
+    if known is None:
+        return None, "Evt19"  # unexpected here: pynetdicom aborts
+    cls, event = known
+    pdu = cls()
+    try:
+        pdu.decode(raw)
+    except Exception:  # noqa: BLE001 - undecodable, as pynetdicom: Evt19
+        return None, "Evt19"
+    return pdu, event
