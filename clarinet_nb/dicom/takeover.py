@@ -77,8 +77,7 @@ class DulGate:
 
     def _checkpoint(self) -> bool:
         dul = self._dul
-        handed: list[Injected] = []
-        if (
+        if not self._handed and (
             self._hold
             and dul.event_queue.empty()
             and dul.to_provider_queue.empty()
@@ -93,13 +92,14 @@ class DulGate:
                         break
                     self._cond.wait(0.05)
                 self.parked = False
-                handed, self._handed = self._handed, []
                 self._cond.notify_all()
-        for pdu, event in handed:  # in this thread, as if its own reads had brought them
+        if self._handed:  # one per pass of the loop, exactly as its own reads queue them
+            pdu, event = self._handed.pop(0)
             if pdu is not None:
                 dul._recv_pdu.put(pdu)
-            dul.state_machine.do_action(event)
-        return bool(self._process()) or bool(handed)
+            dul.event_queue.put(event)
+            return True
+        return bool(self._process())
 
     def arm(self) -> None:
         """Ask the reader to park at its next checkpoint (does not wait)."""
