@@ -526,3 +526,41 @@ def test_sender_stalling_mid_message_is_aborted(
     assert spy.sessions == 1
     assert _tally(fast) == _tally(slow)
     assert not fast.tally.received and not _tree(tmp_path / "True")
+
+
+def test_listener_stop_ends_an_open_association(
+    monkeypatch: pytest.MonkeyPatch, cohort: Cohort, tmp_path: Path
+) -> None:
+    """The last move ends while a sender's association is open (idle, then mid-instance):
+    the listener aborts it and stops, on either path."""
+    insts = _one_class(cohort)[:2]
+    sop_class = insts[0].sop_class_uid
+
+    def send(fast: bool) -> StorageHandler:
+        handler = StorageHandler(StorageConfig(output_dir=tmp_path / str(fast)))
+        expected = frozenset(i.sop_uid for i in insts)
+        with associated_later() as later:
+            with listening(handler, expected) as port:
+                assoc, cx = later(port, sop_class)
+                assert int(assoc.send_c_store(dcmread(insts[0].path)).Status) == 0
+                _, sop_uid, raw = _explicit(insts[1].path)
+                _raw_send(
+                    assoc,
+                    _pdu(4, _pdv(cx, 0x03, _store_rq(9, sop_class, sop_uid)))
+                    + _pdu(4, _pdv(cx, 0x00, raw[:100])),
+                )
+            assert _wait_closed(assoc, TEST_TIMEOUTS.acse)  # aborted by the stopping listener
+        assert _no_acceptor_threads()
+        return handler
+
+    slow, fast, spy = _both(monkeypatch, send)
+    assert spy.sessions == 1
+    assert _tally(fast) == _tally(slow)
+    assert sorted(fast.tally.received) == [insts[0].sop_uid]
+
+
+@contextlib.contextmanager
+def associated_later() -> Iterator[Callable[[int, str], tuple[Association, int]]]:
+    """:func:`associated`, entered inside another block and left after it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda port, sop_class: stack.enter_context(associated(port, sop_class))

@@ -17,6 +17,10 @@ Policy (nothing else gets in):
   UIDs read from the head of the dataset match the request (:class:`Scope`);
   otherwise it is answered ``0x0124`` (Refused: not authorised) and never written;
 - every refusal is recorded in the move's ``RetrieveResult.refused``.
+
+With ``settings.fast_path`` (the default) an admitted association's C-STOREs are
+received on the lean path (:mod:`clarinet_nb.dicom.fastscp`); both paths hand each
+instance to the same policy, :meth:`_Listener.route`.
 """
 
 from __future__ import annotations

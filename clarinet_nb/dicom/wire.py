@@ -334,6 +334,8 @@ class PduReader:
         Raises :class:`PeerPduError` for a PDU other than P-DATA-TF; the PDV's data is
         read next with :meth:`copy_into`."""
         while self.pdu_left == 0:
+            if self.check is not None:  # between PDUs: an abort from elsewhere ends us
+                self.check()
             kind, length = self.pdu_header()
             if kind == P_DATA_TF:
                 self.pdu_left = length
