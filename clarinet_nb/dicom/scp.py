@@ -294,9 +294,16 @@ def _start(
     return listener
 
 
+#: DUL states of an association whose release is under way (PS3.8 9.2): aborting it
+#: then races pynetdicom's own answer (an A-ABORT in Sta13 kills its DUL thread).
+_RELEASING = frozenset({"Sta8", "Sta13"})
+
+
 def _stop(listener: _Listener) -> None:
     server = listener.server
     for assoc in list(server.active_associations):
+        if assoc.is_released or assoc.dul.state_machine.current_state in _RELEASING:
+            continue  # the peer is releasing it: pynetdicom finishes that on its own
         with contextlib.suppress(Exception):
             assoc.abort()
     server.shutdown()
