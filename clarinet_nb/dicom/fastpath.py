@@ -1,4 +1,5 @@
-"""The lean C-STORE receive path of a C-GET association (``settings.fast_path``).
+"""The lean C-STORE receive path of a C-GET association (``settings.fast_path``), and
+the lean response path of a C-MOVE association (:meth:`FastGet.move`).
 
 pynetdicom negotiates the association (contexts, SCP/SCU roles, max PDU) and
 releases it; between the C-GET-RQ and its final C-GET-RSP the socket is ours:
@@ -35,8 +36,8 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ
-from pynetdicom.dimse_primitives import C_CANCEL, C_GET
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ, C_MOVE_RQ
+from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_MOVE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 
@@ -65,6 +66,7 @@ logger = logging.getLogger("clarinet_nb")
 
 C_STORE_RQ = 0x0001
 C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
 NO_DATASET = 0x0101
 PENDING = (0xFF00, 0xFF01)
 NO_SUCH_CONTEXT = 0x0122  # what pynetdicom answers: SOP class not supported
@@ -78,7 +80,8 @@ _COUNTS = (
 
 
 class FastGet:
-    """C-GETs on one established association, received on the lean path."""
+    """C-GETs (and C-MOVEs: their responses only) on one established association, on
+    the lean path."""
 
     def __init__(
         self, assoc: Association, handler: StorageHandler, peer: DicomNode, timeouts: Timeouts
@@ -97,7 +100,7 @@ class FastGet:
             self.sender_address = ""
         self.contexts = {int(cx.context_id or 0): cx for cx in assoc.accepted_contexts}
 
-    # -- one C-GET ------------------------------------------------------------------------
+    # -- one C-GET or C-MOVE ------------------------------------------------------------
 
     def get(
         self, identifier: Dataset, model: str, msg_id: int, cancel: CancelToken | None
@@ -106,20 +109,47 @@ class FastGet:
 
         Returns (status, identifier) of the final response, or None when it was
         cancelled and the peer did not answer the C-CANCEL in time (aborted)."""
-        context = self.assoc._get_valid_context(model, "", "scu")
-        syntax = context.transfer_syntax[0]
-        context_id = int(context.context_id or 0)
         request = C_GET()
         request.MessageID = msg_id
         request.AffectedSOPClassUID = UID(model)
         request.Priority = 2
+        return self._retrieve(request, C_GET_RQ(), identifier, model, cancel, "C-GET")
+
+    def move(
+        self,
+        identifier: Dataset,
+        model: str,
+        msg_id: int,
+        cancel: CancelToken | None,
+        destination: str,
+    ) -> tuple[Dataset, Dataset | None] | None:
+        """Send a C-MOVE-RQ to ``destination`` and read its responses until the final one
+        (the instances arrive on other associations: our Storage SCP).  As :meth:`get`."""
+        request = C_MOVE()
+        request.MessageID = msg_id
+        request.AffectedSOPClassUID = UID(model)
+        request.Priority = 2
+        request.MoveDestination = destination
+        return self._retrieve(request, C_MOVE_RQ(), identifier, model, cancel, "C-MOVE")
+
+    def _retrieve(
+        self,
+        request: Any,
+        message: Any,
+        identifier: Dataset,
+        model: str,
+        cancel: CancelToken | None,
+        what: str,
+    ) -> tuple[Dataset, Dataset | None] | None:
+        context = self.assoc._get_valid_context(model, "", "scu")
+        syntax = context.transfer_syntax[0]
+        context_id = int(context.context_id or 0)
         encoded = encode(
             identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
         )
         if encoded is None:
-            raise ValueError("could not encode the C-GET identifier")
+            raise ValueError(f"could not encode the {what} identifier")
         request.Identifier = BytesIO(encoded)
-        message = C_GET_RQ()
         message.primitive_to_message(request)
         rq = self._pdus(message, context_id)
 
@@ -127,14 +157,14 @@ class FastGet:
             self.gate.release()
             raise AssociationAbortedError(
                 f"the association with {self.peer} was aborted or the connection dropped "
-                "before the C-GET request"
+                f"before the {what} request"
             )
         try:
-            run = _Run(self, context_id, msg_id)
+            run = _Run(self, context_id, int(request.MessageID), what)
         except (WireClosedError, OSError) as exc:
             self.gate.release()
             raise AssociationAbortedError(
-                f"the association with {self.peer} lost its connection before the C-GET "
+                f"the association with {self.peer} lost its connection before the {what} "
                 f"request ({exc})"
             ) from None
         remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
@@ -165,8 +195,10 @@ class FastGet:
 class _Run(Lease):
     """The socket side of one C-GET: owns the socket until :meth:`close`."""
 
-    def __init__(self, owner: FastGet, context_id: int, msg_id: int) -> None:
+    def __init__(self, owner: FastGet, context_id: int, msg_id: int, what: str) -> None:
         self.owner = owner
+        self.what = what
+        self.rsp_field = C_GET_RSP if what == "C-GET" else C_MOVE_RSP
         self.context_id = context_id
         self.msg_id = msg_id
         self.cancel_requested = False
@@ -204,10 +236,10 @@ class _Run(Lease):
                 field = command_us(command, 0x0100)
                 if field == C_STORE_RQ:
                     self.store(context_id, command, data)
-                elif field == C_GET_RSP:
+                elif field == self.rsp_field:
                     status = command_us(command, 0x0900)
                     if status is None:
-                        raise ProtocolError("C-GET-RSP without a Status")
+                        raise ProtocolError(f"{self.what}-RSP without a Status")
                     if status in PENDING:
                         continue
                     return self.final(status, command, data, syntax)
@@ -220,7 +252,7 @@ class _Run(Lease):
             raise AssociationAbortedError(
                 f"{self.owner.peer} "
                 f"{'released' if exc.kind == 0x05 else 'aborted'} the association "
-                "while we waited for a C-GET response"
+                f"while we waited for a {self.what} response"
             ) from None
         except WireClosedError as exc:
             self.hand_back(None)
@@ -228,7 +260,7 @@ class _Run(Lease):
                 return None
             raise AssociationAbortedError(
                 f"the association with {self.owner.peer} was aborted or the connection dropped "
-                f"while waiting for a C-GET response ({exc})"
+                f"while waiting for a {self.what} response ({exc})"
             ) from None
         except WireTimeoutError as exc:
             self.abort()
@@ -242,17 +274,17 @@ class _Run(Lease):
             if exc.args[0] == "network":
                 raise DicomTimeoutError(
                     f"{self.owner.peer} sent nothing for {self.owner.timeouts.network:g} s "
-                    "(network_timeout) during the C-GET; the association was aborted"
+                    f"(network_timeout) during the {self.what}; the association was aborted"
                 ) from None
             raise DicomTimeoutError(
-                f"{self.owner.peer} sent no C-GET response within {dimse:g} s "
+                f"{self.owner.peer} sent no {self.what} response within {dimse:g} s "
                 "(dimse_timeout); the association was aborted"
             ) from None
         except ProtocolError as exc:
-            logger.error("invalid data from %s during a C-GET: %s", self.owner.peer, exc)
+            logger.error("invalid data from %s during a %s: %s", self.owner.peer, self.what, exc)
             self.abort()
             raise AssociationAbortedError(
-                f"{self.owner.peer} sent an invalid message during the C-GET ({exc}); "
+                f"{self.owner.peer} sent an invalid message during the {self.what} ({exc}); "
                 "the association was aborted"
             ) from None
         except BaseException:
@@ -315,7 +347,7 @@ class _Run(Lease):
                 else:  # appended to the command set itself: Implicit VR Little Endian
                     identifier = decode(BytesIO(trailing or b""), True, True, False)
             except Exception:  # noqa: BLE001 - as pynetdicom: no identifier
-                logger.error("could not decode the identifier of the final C-GET response")
+                logger.error("could not decode the identifier of the final %s response", self.what)
         return ds, identifier
 
     # giving the socket back ------------------------------------------------------------------
