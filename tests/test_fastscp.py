@@ -41,7 +41,7 @@ from clarinet_nb import (
     StorageConfig,
     StorageMode,
 )
-from clarinet_nb.dicom import fastscp
+from clarinet_nb.dicom import fastpath, fastscp
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.handlers import DUPLICATE, NOT_AUTHORISED, StorageHandler
 from clarinet_nb.dicom.scp import Admission, receiving
@@ -58,17 +58,24 @@ SENDER = "STORESCU"
 
 
 class Spy:
-    """Counts the associations served on the lean path."""
+    """Counts the associations our SCP served, and the C-MOVEs sent, on the lean path."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sessions = 0
+        self.moves = 0
         real = fastscp._Session.run
+        real_move = fastpath.FastGet.move
 
         def run(this: Any) -> None:
             self.sessions += 1
             real(this)
 
+        def move(this: Any, *args: Any, **kwargs: Any) -> Any:
+            self.moves += 1
+            return real_move(this, *args, **kwargs)
+
         monkeypatch.setattr(fastscp._Session, "run", run)
+        monkeypatch.setattr(fastpath.FastGet, "move", move)
 
 
 def _no_acceptor_threads() -> bool:
@@ -84,7 +91,7 @@ def _both(monkeypatch: pytest.MonkeyPatch, run: Callable[[bool], Any]) -> tuple[
     spy = Spy(monkeypatch)
     monkeypatch.setattr(settings, "fast_path", False)
     slow = run(False)
-    assert spy.sessions == 0
+    assert spy.sessions == spy.moves == 0
     monkeypatch.setattr(settings, "fast_path", True)
     fast = run(True)
     return slow, fast, spy
@@ -132,7 +139,7 @@ def test_move_to_disk_same_files_and_counters_as_pynetdicom(
         )
 
     slow, fast, spy = _both(monkeypatch, move)
-    assert spy.sessions >= len(cohort.studies())
+    assert spy.sessions >= len(cohort.studies()) and spy.moves >= len(cohort.studies())
     assert _counts(fast) == _counts(slow)
     assert fast.received == len(cohort.instances) and not fast.refused
     assert _tree(tmp_path / "True") == _tree(tmp_path / "False")
@@ -163,7 +170,7 @@ def test_move_to_memory_same_datasets(
         )
 
     slow, fast, spy = _both(monkeypatch, move)
-    assert spy.sessions >= len(studies)
+    assert spy.sessions >= len(studies) and spy.moves >= len(studies)
     assert _counts(fast) == _counts(slow)
     by_uid = {ds.SOPInstanceUID: ds for ds in slow.datasets}
     assert len(fast.datasets) == len(by_uid) == sum(len(cohort.instances_in(s)) for s in studies)
