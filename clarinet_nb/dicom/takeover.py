@@ -109,8 +109,14 @@ class DulGate:
 
     def wait_parked(self, limit: float) -> bool:
         """True once the reader is parked (False: it died or did not park in time)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.parked or not self._dul.is_alive(), limit)
+        deadline = time.monotonic() + limit
+        dul = self._dul
+        with self._cond:  # polled: a reader that dies or is killed notifies nobody
+            while not self.parked and dul.is_alive() and not dul._kill_thread:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.05))
             return self.parked
 
     def hold(self, limit: float) -> bool:
