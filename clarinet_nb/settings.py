@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     # Speed.
     fast_path: bool = Field(
         True,
-        description="Receive C-GET instances on the lean path (raw PDUs, no pynetdicom "
-        "or pydicom objects per instance); False: pynetdicom's own receive path.",
+        description="Receive C-GET instances, and C-MOVE instances on our Storage SCP, on "
+        "the lean path (raw PDUs, no pynetdicom or pydicom objects per instance); False: "
+        "pynetdicom's own receive path.",
     )
 
     @field_validator("move_allowed_aets", mode="before")

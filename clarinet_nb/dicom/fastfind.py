@@ -146,7 +146,7 @@ class _FindRun(_Run):
     """The socket side of one C-FIND."""
 
     def __init__(self, owner: FastFind, context_id: int, msg_id: int) -> None:
-        super().__init__(owner, context_id, msg_id)  # type: ignore[arg-type]
+        super().__init__(owner, context_id, msg_id, "C-FIND")  # type: ignore[arg-type]
         self.finder = owner
         self.finished = False
 

@@ -785,10 +785,16 @@ class DicomOperations:
     ) -> None:
         """C-MOVE ``identifier`` on ``assoc`` (one UID at a time if the peer refuses lists)."""
         model = str(StudyRootQueryRetrieveInformationModelMove)
+        fast = FastGet(assoc, handler, peer, self.timeouts) if settings.fast_path else None
 
         def send(part: Dataset) -> None:
             counters.msg_id = counters.msg_id % 65535 + 1
             msg_id = counters.msg_id
+            if fast is not None:  # the lean response path (fastpath.py)
+                final = fast.move(part, model, msg_id, cancel, self.calling_aet)
+                if final is not None:
+                    counters.final(*final)
+                return
             responses = assoc.send_c_move(part, self.calling_aet, model, msg_id)
             self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-MOVE", model)
 

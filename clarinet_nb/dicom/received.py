@@ -1,10 +1,11 @@
 """One received instance, as both receive paths hand it to the storage handler.
 
 pynetdicom's path wraps its ``EVT_C_STORE`` event (:class:`EventInstance`); the lean
-C-GET path (:mod:`clarinet_nb.dicom.fastpath`) hands the raw bytes it joined
-(:class:`RawInstance`).  Sinks see only :class:`ReceivedInstance`: the command's
-UIDs, the context's transfer syntax, the sender and the dataset bytes as received,
-decoded into a pydicom Dataset only when a sink asks for one.
+paths (:mod:`clarinet_nb.dicom.fastpath` for C-GET, :mod:`clarinet_nb.dicom.fastscp`
+for our C-MOVE Storage SCP) hand the raw bytes they joined (:class:`RawInstance`).
+Sinks see only :class:`ReceivedInstance`: the command's UIDs, the context's transfer
+syntax, the sender and the dataset bytes as received, decoded into a pydicom Dataset
+only when a sink asks for one.
 """
 
 from __future__ import annotations
