@@ -39,6 +39,7 @@ from clarinet_nb.errors import (
 __all__ = [
     "Timeouts",
     "cancel_watch",
+    "kill_promptly",
     "make_ae",
     "open_association",
     "release",
@@ -219,7 +220,7 @@ def open_association(
     )
     if assoc.is_established:
         logger.debug("associated with %s for %s", peer, purpose)
-        assoc.kill = functools.partial(_kill_promptly, assoc)  # type: ignore[method-assign]
+        assoc.kill = functools.partial(kill_promptly, assoc)  # type: ignore[method-assign]
         if carries_instances:
             quicken_reactor(assoc)
         _park_reactor(assoc, ae.acse_timeout or 30.0)
@@ -363,8 +364,9 @@ _REJECT_HINTS: dict[tuple[int, int], str] = {
 }
 
 
-def _kill_promptly(assoc: Association) -> None:
-    """pynetdicom's ``Association.kill`` with a 0.5 ms poll instead of 10 ms.
+def kill_promptly(assoc: Association) -> None:
+    """pynetdicom's ``Association.kill`` with a 0.5 ms poll instead of 10 ms (set as
+    the ``kill`` of every association we open or our Storage SCP accepts).
 
     The A-RELEASE-RP reaches the release call a moment before the DUL state
     machine reaches Sta1, so pynetdicom's kill almost always slept 10 ms: every

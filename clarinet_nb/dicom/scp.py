@@ -41,7 +41,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
 from clarinet_nb.dicom import fastscp
-from clarinet_nb.dicom.association import Timeouts, tune_instance_connection
+from clarinet_nb.dicom.association import Timeouts, kill_promptly, tune_instance_connection
 from clarinet_nb.dicom.contexts import scp_storage_contexts
 from clarinet_nb.dicom.handlers import (
     NOT_AUTHORISED,
@@ -58,7 +58,7 @@ __all__ = ["Admission", "Scope", "peer_addresses", "receiving"]
 
 logger = logging.getLogger("clarinet_nb")
 
-_POLL = 0.02
+_POLL = 0.005
 WRONG_AET = "calling AE title not allowed"
 WRONG_ADDRESS = "source address not allowed"
 NOT_OURS = "not part of this retrieve"
@@ -165,6 +165,7 @@ class _Listener:
         routes = self._open_routes()
         reasons = [r.admission.refusal(aet, address) for r in routes]
         if routes and None in reasons:
+            assoc.kill = functools.partial(kill_promptly, assoc)  # type: ignore[method-assign]
             if settings.fast_path:  # the lean path takes over once the AC is sent
                 self.gates[assoc] = fastscp.arm(assoc)
             return
