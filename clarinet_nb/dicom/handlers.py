@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import queue
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pydicom import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -37,6 +37,7 @@ from clarinet_nb.dicom.association import (
     status_of,
 )
 from clarinet_nb.dicom.filemeta import file_header
+from clarinet_nb.dicom.identity import fast_identity, pydicom_identity
 from clarinet_nb.dicom.models import DicomNode, RefusedStore, StorageConfig, StorageMode
 from clarinet_nb.dicom.paths import instance_path
 from clarinet_nb.dicom.received import EventInstance, RawInstance, ReceivedInstance
@@ -163,38 +164,39 @@ class DiskSink:
         return None
 
 
-def _past_series_uid(tag: Any, vr: Any, length: Any) -> bool:
-    return bool(tag > 0x0020000E)
-
-
 def read_identity(received: ReceivedInstance | evt.Event) -> tuple[str, str, str]:
     """(Study, Series, SOP Instance) UIDs read from the received bytes, stopping at
-    (0020,000E): the rest of the dataset (pixel data) is never parsed."""
+    (0020,000E): the rest of the dataset (pixel data) is never parsed.  Little Endian
+    heads are walked with ``struct`` (:mod:`clarinet_nb.dicom.identity`), anything
+    else by pydicom, with the same answer."""
     inst = EventInstance(received) if isinstance(received, evt.Event) else received
-    syntax = UID(inst.transfer_syntax)
+    syntax = _syntax(inst.transfer_syntax)
     if syntax.is_deflated:
         ds = inst.dataset()
-    else:
-        if isinstance(inst, EventInstance):  # read in place: no copy of a large dataset
-            stream = received_bytes(inst.event)
-        else:
-            with inst.buffer() as view:
-                stream = BytesIO(view)
+        study, series, sop = (
+            str(ds.get(key, "") or "").strip().rstrip("\x00")
+            for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        )
+        return study, series, sop
+    if syntax.is_little_endian:
+        with inst.buffer() as view:  # read in place: no copy of a large dataset
+            found = fast_identity(view, syntax.is_implicit_VR)
+        if found is not None:
+            return found
+    if isinstance(inst, EventInstance):  # pydicom reads the received stream in place
+        stream = received_bytes(inst.event)
         stream.seek(0)
         try:
-            ds = read_dataset(
-                stream,
-                is_implicit_VR=syntax.is_implicit_VR,
-                is_little_endian=syntax.is_little_endian,
-                stop_when=_past_series_uid,
-            )
+            return pydicom_identity(stream, syntax.is_implicit_VR, syntax.is_little_endian)
         finally:
             stream.seek(0)
-    study, series, sop = (
-        str(ds.get(key, "") or "").strip().rstrip("\x00")
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-    )
-    return study, series, sop
+    with inst.buffer() as view:
+        return pydicom_identity(view, syntax.is_implicit_VR, syntax.is_little_endian)
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(uid: str) -> UID:
+    return UID(uid)
 
 
 def _write_atomically(path: Path, inst: ReceivedInstance) -> None:
