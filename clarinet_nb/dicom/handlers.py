@@ -117,6 +117,8 @@ class Tally:
     """UIDs being stored or kept: a second copy is a duplicate."""
     refused: list[RefusedStore] = field(default_factory=list)
     """What our Storage SCP refused during this retrieve (no patient data)."""
+    located: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(study, series) of each arrived instance, when the handler tracks locations."""
 
 
 class _Sink(Protocol):
@@ -337,8 +339,12 @@ class StorageHandler:
         on_received: Callable[[int], object] | None = None,
         on_stored: Callable[[str, int], object] | None = None,
         on_storage_error: Callable[[OSError], object] | None = None,
+        track_locations: bool = False,
     ) -> None:
         self.storage = storage
+        self.track_locations = track_locations
+        """Record each arrived instance's (study, series) in ``tally.located`` (read from
+        its head when the caller did not): a lean plan accounts per series with it."""
         self.tally = Tally()
         self.on_received = on_received
         self.on_stored = on_stored
@@ -376,6 +382,11 @@ class StorageHandler:
             return DUPLICATE
         with inst.buffer() as view:
             size = len(view)
+        if self.track_locations and location is None:
+            try:
+                location = read_identity(inst)[:2]
+            except Exception as exc:  # noqa: BLE001 - unaccounted: its series gets listed
+                logger.debug("could not read the head of a received dataset: %s", exc)
         try:
             self.sink.store(inst, sop_uid, self.tally, location)
         except OSError as exc:
@@ -397,6 +408,8 @@ class StorageHandler:
             return CANNOT_UNDERSTAND
         with self.tally.lock:
             self.tally.arrived[sop_uid] = None
+            if self.track_locations and location is not None:
+                self.tally.located[sop_uid] = location
             if self.sink.immediate:
                 self.tally.received[sop_uid] = None
             self.tally.bytes_received += size
