@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -39,7 +39,7 @@ from clarinet_nb.dicom.association import (
 from clarinet_nb.dicom.filemeta import file_header
 from clarinet_nb.dicom.identity import fast_identity, pydicom_identity
 from clarinet_nb.dicom.models import DicomNode, RefusedStore, StorageConfig, StorageMode
-from clarinet_nb.dicom.paths import instance_path
+from clarinet_nb.dicom.paths import safe_component
 from clarinet_nb.dicom.received import EventInstance, RawInstance, ReceivedInstance
 from clarinet_nb.errors import DicomError
 
@@ -145,7 +145,18 @@ class DiskSink:
         self.root = root
         self.locator = locator
         self.overwrite = overwrite
-        self._made: set[Path] = set()
+        self._folders: dict[tuple[str, str], Path] = {}
+        """(study, series) -> its folder, made once per retrieve."""
+        self._lock = threading.Lock()
+
+    def _folder(self, study: str, series: str) -> Path:
+        folder = self._folders.get((study, series))
+        if folder is None:
+            folder = self.root / safe_component(study) / safe_component(series)
+            folder.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._folders[(study, series)] = folder
+        return folder
 
     def store(
         self, inst: ReceivedInstance, sop_uid: str, tally: Tally, location: Location | None
@@ -153,11 +164,8 @@ class DiskSink:
         located = self.locator(sop_uid) if self.locator else None
         if located is None:
             located = location or read_identity(inst)[:2]
-        path = instance_path(self.root, located[0], located[1], sop_uid)
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
-        if self.overwrite or not path.exists():
+        path = self._folder(*located) / f"{safe_component(sop_uid)}.dcm"
+        if self.overwrite or not os.path.exists(path):
             _write_atomically(path, inst)
         with tally.lock:
             tally.paths.append(path)
@@ -201,22 +209,58 @@ def _syntax(uid: str) -> UID:
     return UID(uid)
 
 
+_TEMP_NAMES = itertools.count()
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
 def _write_atomically(path: Path, inst: ReceivedInstance) -> None:
-    """Write preamble, file meta and the raw dataset to a temp name, then rename."""
+    """Write preamble, file meta and the raw dataset to a temp name, then rename.
+
+    The temp name (``.{name}.{pid}-{n}.part`` next to the file) is created
+    exclusively; the bytes go out in one ``writev`` where the system allows."""
     header = file_header(
         inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax, inst.sender_aet
     )
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    final = os.fspath(path)
+    folder, _, name = final.rpartition(os.sep)
+    while True:
+        tmp = f"{folder}{os.sep}.{name}.{_PID}-{next(_TEMP_NAMES):x}.part"
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)
+            break
+        except FileExistsError:  # a leftover of an earlier process with our pid: next name
+            continue
     try:
-        with tmp.open("wb") as fh:
-            fh.write(header)
+        try:
             with inst.buffer() as view:
-                fh.write(view)
-        os.replace(tmp, path)
+                _write_all(fd, header, view)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
+
+
+_PID = os.getpid()
+
+
+def _write_all(fd: int, header: bytes, view: memoryview) -> None:
+    """Write ``header`` then ``view`` to ``fd`` whole (partial writes resumed)."""
+    total = len(header) + len(view)
+    written = os.writev(fd, (header, view)) if _HAS_WRITEV else 0
+    if written == total:
+        return
+    rest = memoryview(header)[written:] if written < len(header) else b""
+    body = view[max(written - len(header), 0) :]
+    for chunk in (rest, body):
+        part = memoryview(chunk)
+        while part:
+            part = part[os.write(fd, part) :]
+
+
+_HAS_WRITEV = hasattr(os, "writev")
 
 
 class MemorySink:

@@ -39,8 +39,8 @@ _SHORT_VRS = frozenset(
         b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
     )
 )  # fmt: skip
-_TAG = struct.Struct("<HH")
-_U16 = struct.Struct("<H")
+_IMPLICIT = struct.Struct("<HHL")
+_EXPLICIT = struct.Struct("<HH2sH")
 _U32 = struct.Struct("<L")
 
 
@@ -81,41 +81,48 @@ def fast_identity(data: bytes | memoryview, implicit: bool) -> Identity | None:
         return None  # pydicom would switch VR encodings (or warn): let it
     found: dict[int, tuple[int, int]] = {}
     pos = 0
-    unpack_tag, unpack_16, unpack_32 = _TAG.unpack_from, _U16.unpack_from, _U32.unpack_from
-    while True:
-        if pos + 8 > n:
-            return None  # the dataset ends before (0020,000E): rare, let pydicom say
-        group, elem = unpack_tag(data, pos)
-        tag = group << 16 | elem
-        if implicit:
-            length = unpack_32(data, pos + 4)[0]
-            start = pos + 8
-        else:
-            vr = bytes(data[pos + 4 : pos + 6])
-            if vr in _SHORT_VRS:
-                length = unpack_16(data, pos + 6)[0]
-                start = pos + 8
-            elif vr in _LONG_VRS:
-                if pos + 12 > n:
-                    return None
-                length = unpack_32(data, pos + 8)[0]
-                start = pos + 12
-            else:
+    if implicit:
+        unpack = _IMPLICIT.unpack_from
+        while True:
+            if pos + 8 > n:
+                return None  # the dataset ends before (0020,000E): rare, let pydicom say
+            group, elem, length = unpack(data, pos)
+            tag = group << 16 | elem
+            if tag == _ITEM_DELIMITER:
                 return None
+            if tag > _SERIES:
+                break
+            end = pos + 8 + length
+            if length == _UNDEFINED or end > n:
+                return None
+            if tag in _WANTED:
+                found[tag] = (pos + 8, end)
+            pos = end
+    else:
+        unpack, unpack_32 = _EXPLICIT.unpack_from, _U32.unpack_from
+        while True:
+            if pos + 8 > n:
+                return None
+            group, elem, vr, length = unpack(data, pos)
+            tag = group << 16 | elem
+            start = pos + 8
+            if vr not in _SHORT_VRS:
+                if vr not in _LONG_VRS or pos + 12 > n:
+                    return None  # an unknown VR: pydicom guesses; let it
+                length = unpack_32(data, start)[0]
+                start = pos + 12
             if tag in _WANTED and vr != b"UI":
                 return None
-        if tag == _ITEM_DELIMITER:
-            return None
-        if tag > _SERIES:
-            break
-        if length == _UNDEFINED:
-            return None
-        end = start + length
-        if end > n:
-            return None
-        if tag in _WANTED:
-            found[tag] = (start, end)
-        pos = end
+            if tag == _ITEM_DELIMITER:
+                return None
+            if tag > _SERIES:
+                break
+            end = start + length
+            if length == _UNDEFINED or end > n:
+                return None
+            if tag in _WANTED:
+                found[tag] = (start, end)
+            pos = end
     values: list[str] = []
     for tag in (_STUDY, _SERIES, _SOP):
         span = found.get(tag)
