@@ -519,16 +519,16 @@ class DicomOperations:
         handler: StorageHandler,
         broken: Exception | None = None,
     ) -> RetrievePlan:
-        """After the transfer of a lean plan: the plan itself when every series got its
-        count, else the listed plan, the series that came up short listed (IMAGE level),
-        so that the result names every instance that did not arrive."""
+        """The listed plan of a lean plan after its transfer: what arrived, and the
+        series that came up short listed (IMAGE level), so that the result names every
+        instance that did not arrive.  The lean plan itself when they cannot be listed."""
         tally = handler.tally
         with tally.lock:
             located = {u: tally.located[u] for u in tally.arrived if u in tally.located}
         arrived = collections.Counter(located.values())
         short = plan.short_series(arrived)
-        if not short:
-            return plan
+        if not short:  # complete: what arrived is the listing
+            return plan.settled(located, [], [])
         if isinstance(broken, DicomTimeoutError):
             logger.info("%d series came up short; %s: not listed", len(short), broken)
             return plan
@@ -642,6 +642,7 @@ class DicomOperations:
         if plan is not None and not plan.listed:  # a lean plan: list what came up short
             plan = counters.settled or self._settle(request, peer, plan, handler, broken)
         result = self._result(method, request, peer, plan, handler, counters, started, cancel)
+        result._plan = plan
         if handler.storage_error is not None:
             raise _storage_failure(result, handler.storage_error, storage, peer) from (
                 handler.storage_error
