@@ -31,6 +31,7 @@ from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.requests import RetrieveRequest
 from clarinet_nb.settings import settings
 from clarinet_nb.testing import Cohort, DcmqrscpServer, OrthancServer, Peer, generate_bulk
+from tests.notebook_support import pacs_for
 from tests.support import client, node, port_is_free
 
 __all__ = ["client"]
@@ -303,3 +304,57 @@ async def test_cancelled_retrieve_names_what_did_not_arrive_on_both_plans(
         assert set(result.missing_sop_instance_uids) == everything - got
         assert result.expected == len(everything)
         assert finds.levels() == (["STUDY", "SERIES", "IMAGE"] if lean else ["STUDY", "IMAGE"])
+
+
+# -- the notebook layer: pulls to memory plan lean, pulls to disk stay listed ----------------
+
+
+def test_notebook_memory_pull_sends_no_image_level_find(
+    orthanc_tuned: Peer, cohort: Cohort, finds: FindSpy, move_scp_port: int
+) -> None:
+    pacs = pacs_for(orthanc_tuned, move_scp_port)
+    try:
+        studies = pacs.find_studies(StudyInstanceUID=list(cohort.studies()[:3]))
+        finds.sent.clear()
+        datasets = pacs.get(studies, progress=False)
+    finally:
+        pacs.close()
+    wanted = {i.sop_uid for s in cohort.studies()[:3] for i in cohort.instances_in(s)}
+    assert {str(ds.SOPInstanceUID) for ds in datasets} == wanted
+    assert datasets.failures == []
+    assert "IMAGE" not in finds.levels() and finds.levels().count("STUDY") == 3
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_notebook_partial_memory_pull_is_the_same_on_both_plans(
+    damaged: tuple[OrthancServer, str, str],
+    cohort: Cohort,
+    move_scp_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    server, study, broken = damaged
+    outcomes = []
+    for lean in (True, False):
+        monkeypatch.setattr(settings, "lean_plan", lean)
+        pacs = pacs_for(server, move_scp_port, retries=0)
+        try:
+            frame = pacs.find_studies(StudyInstanceUID=study)
+            datasets = pacs.get(frame, method=method, progress=False)
+        finally:
+            pacs.close()
+        (result,) = datasets.results
+        outcomes.append(
+            (
+                sorted(str(ds.SOPInstanceUID) for ds in datasets),
+                [(f["level"], f["error"]) for f in datasets.failures],
+                result.status,
+                result.expected,
+                sorted(result.failed_sop_instance_uids),
+                sorted(result.missing_sop_instance_uids),
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    lost = {i.sop_uid for i in cohort.instances_in(series_uid=broken)}
+    assert set(outcomes[0][4]) | set(outcomes[0][5]) == lost
+    assert outcomes[0][2] is RetrieveStatus.PARTIAL
