@@ -73,7 +73,6 @@ from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
     AssociationRejectedError,
     DicomError,
-    DicomTimeoutError,
     LocalStorageError,
     MoveDestinationUnknownError,
     NetworkError,
@@ -517,11 +516,12 @@ class DicomOperations:
         peer: DicomNode,
         plan: RetrievePlan,
         handler: StorageHandler,
-        broken: Exception | None = None,
     ) -> RetrievePlan:
         """The listed plan of a lean plan after its transfer: what arrived, and the
         series that came up short listed (IMAGE level), so that the result names every
-        instance that did not arrive.  The lean plan itself when they cannot be listed."""
+        instance that did not arrive.  The lean plan itself when they cannot be listed
+        (the peer died or froze: the listing is bounded by the timeouts); its result
+        then counts what is missing (``expected``) without naming it."""
         tally = handler.tally
         with tally.lock:
             located = {u: tally.located[u] for u in tally.arrived if u in tally.located}
@@ -529,9 +529,6 @@ class DicomOperations:
         short = plan.short_series(arrived)
         if not short:  # complete: what arrived is the listing
             return plan.settled(located, [], [])
-        if isinstance(broken, DicomTimeoutError):
-            logger.info("%d series came up short; %s: not listed", len(short), broken)
-            return plan
         rows: list[Dataset] = []
         try:
             with self._find_association(peer) as assoc:
@@ -640,7 +637,7 @@ class DicomOperations:
                 unlink()
             handler.close()
         if plan is not None and not plan.listed:  # a lean plan: list what came up short
-            plan = counters.settled or self._settle(request, peer, plan, handler, broken)
+            plan = counters.settled or self._settle(request, peer, plan, handler)
         result = self._result(method, request, peer, plan, handler, counters, started, cancel)
         result._plan = plan
         if handler.storage_error is not None:
