@@ -109,6 +109,8 @@ def head(draw: st.DrawFn) -> tuple[bytes, bool]:
             )
             parts.append(element(tag, vr, value, implicit, undefined))
             continue
+        elif tag == 0x00080005 and draw(st.booleans()):
+            value = draw(st.sampled_from([b"ISO_IR 100", b"ISO_IR 192", b"\\ISO 2022 IR 87", b""]))
         elif vr in ("US",):
             value = struct.pack("<H", draw(st.integers(0, 0xFFFF)))
         else:
@@ -164,6 +166,7 @@ def assert_same(data: bytes, implicit: bool) -> None:
 @PROPERTY
 @given(head())
 @example((element(STUDY, "UI", b"1.2\x00", True) + element(SERIES, "UI", b"1.3 ", True), True))
+@example((b"\x08\x00\x05\x00CS\x02\x00\x00\x01 \x00\x11\x00IS\x00\x00", False))  # charset raises
 def test_well_formed_heads_read_as_pydicom_reads_them(case: tuple[bytes, bool]) -> None:
     assert_same(*case)
 
@@ -182,6 +185,7 @@ def test_plain_heads_take_the_struct_path() -> None:
     for implicit in (True, False):
         data = b"".join(
             [
+                element(0x00080005, "CS", b"ISO_IR 100", implicit),
                 element(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.7\x00", implicit),
                 element(SOP, "UI", b"1.2.3.4\x00", implicit),
                 element(0x00100010, "PN", b"Doe^John", implicit),

@@ -13,21 +13,28 @@ one pydicom gives.
 
 from __future__ import annotations
 
+import functools
 import struct
+import warnings
 from io import BytesIO
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
+from pydicom.values import convert_string
 
 __all__ = ["fast_identity", "pydicom_identity"]
 
 Identity = tuple[str, str, str]
 
+_CHARSET = 0x00080005
 _SOP = 0x00080018
 _STUDY = 0x0020000D
 _SERIES = 0x0020000E
 _WANTED = frozenset((_SOP, _STUDY, _SERIES))
+_NOTED = frozenset((_CHARSET, _SOP, _STUDY, _SERIES))
 _UNDEFINED = 0xFFFFFFFF
 _ITEM_DELIMITER = 0xFFFEE00D
 _LONG_VRS = frozenset(
@@ -70,6 +77,22 @@ def pydicom_identity(
     return study, series, sop
 
 
+@functools.lru_cache(maxsize=64)
+def _charset_ok(raw: bytes, vr: str | None, implicit: bool) -> bool:
+    """True when pydicom reads this (0008,0005) value without raising (it decodes it
+    while reading and again at the end of ``read_dataset``)."""
+    value = raw if raw else cast(bytes | None, empty_value_for_VR(vr, raw=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            convert_encodings(convert_string(value or b"", True))
+            element = RawDataElement(BaseTag(_CHARSET), vr, len(raw), value, 0, implicit, True)
+            convert_encodings(convert_raw_data_element(element).value)
+        except Exception:  # noqa: BLE001 - any failure: pydicom reads (and raises) itself
+            return False
+    return True
+
+
 def fast_identity(data: bytes | memoryview, implicit: bool) -> Identity | None:
     """(study, series, sop) of a Little Endian dataset, or None when pydicom must say."""
     n = len(data)
@@ -95,11 +118,14 @@ def fast_identity(data: bytes | memoryview, implicit: bool) -> Identity | None:
             end = pos + 8 + length
             if length == _UNDEFINED or end > n:
                 return None
-            if tag in _WANTED:
+            if tag in _NOTED:
+                if tag == _CHARSET and tag in found:
+                    return None
                 found[tag] = (pos + 8, end)
             pos = end
     else:
         unpack, unpack_32 = _EXPLICIT.unpack_from, _U32.unpack_from
+        charset_vr = b""
         while True:
             if pos + 8 > n:
                 return None
@@ -120,9 +146,18 @@ def fast_identity(data: bytes | memoryview, implicit: bool) -> Identity | None:
             end = start + length
             if length == _UNDEFINED or end > n:
                 return None
-            if tag in _WANTED:
+            if tag in _NOTED:
+                if tag == _CHARSET:
+                    if tag in found:
+                        return None
+                    charset_vr = vr
                 found[tag] = (start, end)
             pos = end
+    charset = found.get(_CHARSET)
+    if charset is not None:
+        raw = bytes(data[charset[0] : charset[1]])
+        if not _charset_ok(raw, None if implicit else charset_vr.decode("latin-1"), implicit):
+            return None  # pydicom would raise on it: let it
     values: list[str] = []
     for tag in (_STUDY, _SERIES, _SOP):
         span = found.get(tag)

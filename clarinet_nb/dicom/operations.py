@@ -516,6 +516,7 @@ class DicomOperations:
         peer: DicomNode,
         plan: RetrievePlan,
         handler: StorageHandler,
+        list_short: bool = True,
     ) -> RetrievePlan:
         """The listed plan of a lean plan after its transfer: what arrived, and the
         series that came up short listed (IMAGE level), so that the result names every
@@ -529,6 +530,8 @@ class DicomOperations:
         short = plan.short_series(arrived)
         if not short:  # complete: what arrived is the listing
             return plan.settled(located, [], [])
+        if not list_short:
+            return plan
         rows: list[Dataset] = []
         try:
             with self._find_association(peer) as assoc:
@@ -637,7 +640,9 @@ class DicomOperations:
                 unlink()
             handler.close()
         if plan is not None and not plan.listed:  # a lean plan: list what came up short
-            plan = counters.settled or self._settle(request, peer, plan, handler)
+            # after a cancel the PACS ignored (aborted) do not wait on it once more
+            stuck = broken is not None and cancel is not None and cancel.cancelled
+            plan = counters.settled or self._settle(request, peer, plan, handler, not stuck)
         result = self._result(method, request, peer, plan, handler, counters, started, cancel)
         result._plan = plan
         if handler.storage_error is not None:
