@@ -53,6 +53,7 @@ __all__ = [
     "read_identity",
     "sender_of",
     "storage_reason",
+    "syntax_flags",
 ]
 
 logger = logging.getLogger("clarinet_nb")
@@ -180,33 +181,36 @@ def read_identity(received: ReceivedInstance | evt.Event) -> tuple[str, str, str
     heads are walked with ``struct`` (:mod:`clarinet_nb.dicom.identity`), anything
     else by pydicom, with the same answer."""
     inst = EventInstance(received) if isinstance(received, evt.Event) else received
-    syntax = _syntax(inst.transfer_syntax)
-    if syntax.is_deflated:
+    deflated, little, implicit = syntax_flags(inst.transfer_syntax)
+    if deflated:
         ds = inst.dataset()
         study, series, sop = (
             str(ds.get(key, "") or "").strip().rstrip("\x00")
             for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
         )
         return study, series, sop
-    if syntax.is_little_endian:
+    if little:
         with inst.buffer() as view:  # read in place: no copy of a large dataset
-            found = fast_identity(view, syntax.is_implicit_VR)
+            found = fast_identity(view, implicit)
         if found is not None:
             return found
     if isinstance(inst, EventInstance):  # pydicom reads the received stream in place
         stream = received_bytes(inst.event)
         stream.seek(0)
         try:
-            return pydicom_identity(stream, syntax.is_implicit_VR, syntax.is_little_endian)
+            return pydicom_identity(stream, implicit, little)
         finally:
             stream.seek(0)
     with inst.buffer() as view:
-        return pydicom_identity(view, syntax.is_implicit_VR, syntax.is_little_endian)
+        return pydicom_identity(view, implicit, little)
 
 
 @functools.lru_cache(maxsize=64)
-def _syntax(uid: str) -> UID:
-    return UID(uid)
+def syntax_flags(uid: str) -> tuple[bool, bool, bool]:
+    """(deflated, little endian, implicit VR) of a transfer syntax (pydicom's UID
+    properties cost tens of microseconds per call)."""
+    syntax = UID(uid)
+    return syntax.is_deflated, syntax.is_little_endian, syntax.is_implicit_VR
 
 
 _TEMP_NAMES = itertools.count()

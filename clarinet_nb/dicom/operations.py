@@ -48,7 +48,7 @@ from clarinet_nb.dicom.contexts import (
     plan_syntax_chunks,
 )
 from clarinet_nb.dicom.fastpath import FastGet
-from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
+from clarinet_nb.dicom.handlers import StorageHandler, storage_reason, syntax_flags
 from clarinet_nb.dicom.models import (
     DicomNode,
     RetrieveResult,
@@ -1077,10 +1077,9 @@ def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:
     """A C-FIND match as a dataset; None (the match is skipped) when it cannot be decoded."""
     if raw is None:
         return None
+    deflated, little, implicit = syntax_flags(syntax)
     try:
-        return identifier_dataset(
-            raw, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
-        )
+        return identifier_dataset(raw, implicit, little, deflated)
     except Exception:  # noqa: BLE001 - a malformed identifier from a peer: skipped, as before
         logger.error("failed to decode a received C-FIND identifier; match skipped")
         return None
