@@ -451,7 +451,7 @@ class DicomOperations:
             study_uid = studies.pop()
         assert study_uid is not None
         declared, total = self._study_counts(assoc, study_uid, peer, cancel)
-        if declared is None or total is None:
+        if not declared or total is None:
             return None, declared if request.study_uid else None
         if series is None:
             series = self._series_counts(assoc, study_uid, None, peer, cancel)
@@ -463,8 +463,9 @@ class DicomOperations:
 
     def _study_counts(
         self, assoc: Association, study_uid: str, peer: DicomNode, cancel: CancelToken | None
-    ) -> tuple[list[str] | None, int | None]:
-        """(SOPClassesInStudy, NumberOfStudyRelatedInstances) of one study; None: not answered."""
+    ) -> tuple[list[str], int | None]:
+        """(SOPClassesInStudy, NumberOfStudyRelatedInstances) of one study: the classes of
+        every answer (none when not answered), the count when one answer gives it."""
         query = StudyQuery(study_instance_uid=study_uid)
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
@@ -472,13 +473,13 @@ class DicomOperations:
         identifier.SOPClassesInStudy = ""
         identifier.NumberOfStudyRelatedInstances = ""
         found = self._find_on(assoc, query, identifier, peer, cancel)
+        declared = [c for ds in found.datasets for c in _uid_values(ds.get("SOPClassesInStudy"))]
         if found.truncated or found.cancelled or len(found.datasets) != 1:
-            return None, None
+            return declared, None
         row = found.datasets[0]
         if _text(row.get("StudyInstanceUID")) != study_uid:
-            return None, None
-        declared = _uid_values(row.get("SOPClassesInStudy"))
-        return declared or None, _count(row.get("NumberOfStudyRelatedInstances"))
+            return declared, None
+        return declared, _count(row.get("NumberOfStudyRelatedInstances"))
 
     def _series_counts(
         self,
@@ -1103,7 +1104,7 @@ def _count(value: object) -> int | None:
         count = int(str(value).strip())
     except (TypeError, ValueError):
         return None
-    return count if count >= 0 and value not in (None, "") else None
+    return count if count >= 0 else None
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:
