@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         "pynetdicom's own receive path.",
     )
 
+    lean_plan: bool = Field(
+        True,
+        description="Plan a study or series retrieve from the PACS's study and series "
+        "instance counts when it answers them (no IMAGE level listing before the transfer; "
+        "only series that come up short are listed after it); False: list every instance "
+        "first.",
+    )
+
     @field_validator("move_allowed_aets", mode="before")
     @classmethod
     def _split_aets(cls, value: Any) -> Any:

@@ -478,12 +478,12 @@ def test_pre_queries_are_retried_while_the_pacs_comes_back(
     calls = [0]
     restarts: list[Future[None]] = []
 
-    async def plan(request: Any, *, peer: cnb.DicomNode, cancel: Any = None) -> Any:
+    async def plan(request: Any, *, peer: cnb.DicomNode, cancel: Any = None, **kw: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:
             rig.server.stop()  # down when the first pre-query is sent
         try:
-            return await original(request, peer=peer, cancel=cancel)
+            return await original(request, peer=peer, cancel=cancel, **kw)
         except PeerUnreachableError:
             if not restarts:
                 restarts.append(rig.server.start_in_background())

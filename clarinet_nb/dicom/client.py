@@ -241,10 +241,19 @@ class DicomClient:
         await asyncio.to_thread(pool.close)
 
     async def plan(
-        self, request: RetrieveRequest, *, peer: DicomNode, cancel: CancelToken | None = None
+        self,
+        request: RetrieveRequest,
+        *,
+        peer: DicomNode,
+        cancel: CancelToken | None = None,
+        lean: bool = False,
     ) -> RetrievePlan:
-        """List what ``request`` would retrieve (the pre-query of a retrieve)."""
-        return await self.run(self.operations.plan, request, self.secure(peer), cancel=cancel)
+        """List every instance ``request`` would retrieve (the IMAGE level pre-query).
+
+        ``lean=True``: plan from the study/series counts where the peer answers them
+        (``DicomOperations.lean_plan``; instances listed only after a shortfall)."""
+        planner = self.operations.lean_plan if lean else self.operations.plan
+        return await self.run(planner, request, self.secure(peer), cancel=cancel)
 
     async def _find(self, query: AnyQuery, peer: DicomNode, model: type[Any]) -> QueryResults[Any]:
         outcome = await self.find(query, peer=peer)
