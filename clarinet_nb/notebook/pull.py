@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import pandas as pd
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.client import DicomClient
@@ -89,6 +90,17 @@ class DatasetList(list[Dataset]):
 
 
 def _sort_key(ds: Dataset) -> tuple[str, int, str, int, str]:
+    """(study, series number, series, instance number, SOP instance) of a dataset.
+
+    Read from the raw bytes when the elements are still raw (as received: converting
+    five elements of every dataset just to sort them was a tenth of a 2,000-instance
+    pull); through pydicom otherwise."""
+    raw = getattr(ds, "_dict", None)
+    if isinstance(raw, dict):
+        fast = _raw_sort_key(raw)
+        if fast is not None:
+            return fast
+
     def number(keyword: str) -> int:
         try:
             return int(ds.get(keyword) or 0)
@@ -102,6 +114,34 @@ def _sort_key(ds: Dataset) -> tuple[str, int, str, int, str]:
         number("InstanceNumber"),
         str(ds.get("SOPInstanceUID", "")),
     )
+
+
+_KEY_TAGS = (0x0020000D, 0x00200011, 0x0020000E, 0x00200013, 0x00080018)
+
+
+def _raw_sort_key(elements: dict[Any, Any]) -> tuple[str, int, str, int, str] | None:
+    """The sort key from raw elements holding plain ASCII single values, else None."""
+    parts: list[str] = []
+    for tag in _KEY_TAGS:
+        elem = elements.get(tag)
+        if elem is None:
+            parts.append("")
+            continue
+        if not isinstance(elem, RawDataElement) or not isinstance(elem.value, bytes):
+            return None
+        value = elem.value
+        if b"\\" in value or not value.isascii():
+            return None
+        parts.append(value.decode("ascii").strip(" \x00"))
+    numbers = []
+    for text in (parts[1], parts[3]):
+        if not text:
+            numbers.append(0)
+        elif text.lstrip("+-").isdigit():
+            numbers.append(int(text))
+        else:
+            return None  # an unusual IS: pydicom decides
+    return parts[0], numbers[0], parts[2], numbers[1], parts[4]
 
 
 @dataclass
