@@ -129,8 +129,17 @@ class Settings(BaseSettings):
     # Speed.
     fast_path: bool = Field(
         True,
-        description="Receive C-GET instances on the lean path (raw PDUs, no pynetdicom "
-        "or pydicom objects per instance); False: pynetdicom's own receive path.",
+        description="Receive C-GET instances, and C-MOVE instances on our Storage SCP, on "
+        "the lean path (raw PDUs, no pynetdicom or pydicom objects per instance); False: "
+        "pynetdicom's own receive path.",
+    )
+
+    lean_plan: bool = Field(
+        True,
+        description="Plan a study or series retrieve from the PACS's study and series "
+        "instance counts when it answers them (no IMAGE level listing before the transfer; "
+        "only series that come up short are listed after it); False: list every instance "
+        "first.",
     )
 
     @field_validator("move_allowed_aets", mode="before")

@@ -30,6 +30,7 @@ from clarinet_nb import (
     StudyQuery,
     Timeouts,
 )
+from clarinet_nb.settings import settings
 from clarinet_nb.testing import Cohort, OrthancServer, Peer, free_port
 from tests.support import (
     ConnectionCounter,
@@ -150,11 +151,18 @@ def stallable_orthanc(tmp_path: Path, cohort: Cohort) -> Iterator[OrthancServer]
         yield srv
 
 
+@pytest.mark.parametrize("plan", ["listed", "lean"])
 async def test_peer_stalling_mid_get_gives_partial_result_within_timeout(
-    stallable_orthanc: OrthancServer, cohort: Cohort, tmp_path: Path
+    stallable_orthanc: OrthancServer,
+    cohort: Cohort,
+    tmp_path: Path,
+    plan: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Orthanc freezes (SIGSTOP) after the first instance; the DIMSE timeout ends the
-    pull with a PartialRetrieveError that lists what arrived and what did not."""
+    pull with a PartialRetrieveError that lists what arrived and what did not (listed
+    up front; on a lean plan the frozen PACS cannot list them: they are counted)."""
+    monkeypatch.setattr(settings, "lean_plan", plan == "lean")
     pid = stallable_orthanc.pid
     assert pid is not None
     frozen = threading.Event()
@@ -187,7 +195,9 @@ async def test_peer_stalling_mid_get_gives_partial_result_within_timeout(
     assert frozen.is_set()
     assert isinstance(caught.value.__cause__, DicomTimeoutError)
     assert result.received == 1
-    assert len(result.missing_sop_instance_uids) == len(cohort.instances_in(study)) - 1
+    assert result.expected == len(cohort.instances_in(study))
+    named = len(cohort.instances_in(study)) - 1 if plan == "listed" else 0
+    assert len(result.missing_sop_instance_uids) == named
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert files == result.paths
 

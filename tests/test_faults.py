@@ -41,6 +41,7 @@ from clarinet_nb import (
     StudyQuery,
     Timeouts,
 )
+from clarinet_nb.settings import settings
 from clarinet_nb.testing import Cohort, OrthancServer, free_port, generate_bulk
 from clarinet_nb.testing.faults import (
     ASSOCIATE_RQ,
@@ -271,6 +272,7 @@ async def test_fault_during_pre_query(
 # -- during C-GET and C-MOVE ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("plan", ["listed", "lean"])
 @pytest.mark.parametrize("method", ["get", "move"])
 @pytest.mark.parametrize("fault", ["kill", "freeze"])
 async def test_peer_dies_or_freezes_mid_retrieve(
@@ -282,8 +284,13 @@ async def test_peer_dies_or_freezes_mid_retrieve(
     tmp_path: Path,
     method: Literal["get", "move"],
     fault: Fault,
+    plan: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """After the 7th instance is stored the PACS is killed or frozen."""
+    """After the 7th instance is stored the PACS is killed or frozen.  Listed up front,
+    the result names every instance that did not arrive; on a lean plan (counts) the
+    PACS is gone before it could list them: the result counts them."""
+    monkeypatch.setattr(settings, "lean_plan", plan == "lean")
     study = study_of(bulk)
     stored = AfterK(7, victim.action(fault))
     with pytest.raises(PartialRetrieveError) as caught:
@@ -295,7 +302,14 @@ async def test_peer_dies_or_freezes_mid_retrieve(
             on_stored=stored,
         )
     assert victim.events == [fault]
-    result = assert_partial(caught, CAUSE[fault], stored.seen, bulk, study)
+    if plan == "listed":
+        result = assert_partial(caught, CAUSE[fault], stored.seen, bulk, study)
+    else:
+        assert isinstance(caught.value.__cause__, CAUSE[fault]), repr(caught.value.__cause__)
+        result = caught.value.result
+        assert result.received_sop_instance_uids == stored.seen
+        assert result.expected == PER_STUDY and not result.missing_sop_instance_uids
+        assert result.summary().startswith(f"{method}: {result.received}/{PER_STUDY} received")
     # the peer may have had the next instance on the wire when the signal landed
     assert 7 <= result.received < PER_STUDY
     assert_files_match(tmp_path, result)

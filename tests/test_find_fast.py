@@ -1,4 +1,4 @@
-"""The lean C-FIND receive path (``FindReceiver``) against real peers.
+"""The lean C-FIND receive paths (``FastFind``, ``FindReceiver``) against real peers.
 
 Every answer read with the lean path must equal the answer read through pynetdicom's own
 DIMSE decoding (``CLARINET_FIND_FAST=0``): the same frames (columns, dtypes, values, NA,
@@ -9,6 +9,8 @@ PDUs (a 4 KiB max PDU), pending responses without identifier, and failure status
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,27 +25,47 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 import clarinet_nb as cnb
-from clarinet_nb.dicom import rawfind
+from clarinet_nb.dicom import fastfind, rawfind
+from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import DicomOperations
 from clarinet_nb.dicom.queries import StudyQuery
+from clarinet_nb.settings import settings
 from clarinet_nb.testing import Cohort, Peer, free_port
 from tests.notebook_support import pacs_for
+from tests.support import TEST_TIMEOUTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
 
 
-@pytest.fixture
-def assembled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the pending responses the lean path assembled (it must not silently fall back)."""
+@pytest.fixture(params=["socket", "receiver"])
+def assembled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the pending responses the lean path assembled (it must not silently fall back).
+
+    Two lean paths: ``socket`` (settings.fast_path: the socket is ours between the
+    request and the final response, fastfind.py) and ``receiver`` (fast_path off: pynetdicom
+    reads the PDUs, :class:`rawfind.FindReceiver` assembles the responses)."""
     count: list[int] = []
-    original = rawfind._Pending.__init__
+    if request.param == "receiver":
+        monkeypatch.setattr(settings, "fast_path", False)
+        original = rawfind._Pending.__init__
 
-    def counting(self: Any, status: int, identifier: bytes) -> None:
-        count.append(status)
-        original(self, status, identifier)
+        def counting(self: Any, status: int, identifier: bytes) -> None:
+            count.append(status)
+            original(self, status, identifier)
 
-    monkeypatch.setattr(rawfind._Pending, "__init__", counting)
+        monkeypatch.setattr(rawfind._Pending, "__init__", counting)
+    else:
+        monkeypatch.setattr(settings, "fast_path", True)
+        exchange = fastfind._FindRun.exchange
+
+        def counted(self: Any, rq: bytes, syntax: Any) -> Iterator[Any]:
+            for response in exchange(self, rq, syntax):
+                if response[0] in fastfind.PENDING:
+                    count.append(int(response[0]))
+                yield response
+
+        monkeypatch.setattr(fastfind._FindRun, "exchange", counted)
     return count
 
 
@@ -168,7 +190,9 @@ def test_identifiers_split_over_pdus(
     assert frames[0]["StudyDate"].isna().tolist() == [False, False, False, True, False]
 
 
-def test_failure_status_after_matches(find_scp: DicomNode, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_status_after_matches(
+    find_scp: DicomNode, monkeypatch: pytest.MonkeyPatch, assembled: list[int]
+) -> None:
     ops = DicomOperations("CLARINET", max_pdu=4096)
     errors: list[BaseException] = []
 
@@ -180,6 +204,7 @@ def test_failure_status_after_matches(find_scp: DicomNode, monkeypatch: pytest.M
     _both(monkeypatch, run)
     assert [e.status for e in errors] == [0xC001, 0xC001]  # type: ignore[attr-defined]
     assert str(errors[0]) == str(errors[1])
+    assert len(assembled) == 5  # the lean run read the five matches before the failure
 
 
 def test_receiver_hands_back_a_half_message() -> None:
@@ -211,3 +236,56 @@ def _pdata(context_id: int, data: bytes) -> Any:
     primitive = P_DATA()
     primitive.presentation_data_value_list = [[context_id, data]]  # type: ignore[list-item]
     return primitive
+
+
+# --------------------------------------------------------------------------- cancel while waiting
+
+
+@pytest.fixture
+def slow_scp() -> Iterator[tuple[DicomNode, threading.Event, list[bool]]]:
+    """A Find SCP that answers nothing until it sees a C-CANCEL (or 20 s pass)."""
+    ae = AE(ae_title="SLOWSCP")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    started = threading.Event()
+    saw_cancel: list[bool] = []
+
+    def handle(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        started.set()
+        deadline = time.monotonic() + 20
+        cancelled = False  # pynetdicom's flag is consumed when read: read it once per pass
+        while not cancelled and time.monotonic() < deadline:
+            cancelled = event.is_cancelled
+            time.sleep(0.005)  # the peer polls pynetdicom's flag: nothing else to wait on
+        saw_cancel.append(cancelled)
+        yield 0xFE00, None
+
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, handle)]
+    )
+    try:
+        yield DicomNode(aet="SLOWSCP", host="127.0.0.1", port=port), started, saw_cancel
+    finally:
+        server.shutdown()
+
+
+def test_cancel_while_the_peer_computes_its_answer(
+    slow_scp: tuple[DicomNode, threading.Event, list[bool]], assembled: list[int]
+) -> None:
+    """The C-CANCEL goes out while we wait for the first response (the wake-up pipe on the
+    socket path, pynetdicom's send_c_cancel on the receiver path); the peer stops."""
+    node, started, saw_cancel = slow_scp
+    ops = DicomOperations("CLARINET", timeouts=TEST_TIMEOUTS)
+    token = CancelToken()
+
+    def cancel_when_started() -> None:
+        if started.wait(20):
+            token.cancel()
+
+    canceller = threading.Thread(target=cancel_when_started)
+    canceller.start()
+    outcome = ops.find(StudyQuery(patient_id="P*"), node, cancel=token)
+    canceller.join()
+    assert started.is_set() and saw_cancel == [True]
+    assert outcome.cancelled and not outcome.truncated and outcome.datasets == []
+    assert assembled == []

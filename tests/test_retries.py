@@ -296,10 +296,10 @@ def test_orthanc_restarted_in_the_middle_of_a_50_row_batch(
     stopped = threading.Event()
     restarts: list[Future[None]] = []
 
-    async def find(query: Any, *, peer: cnb.DicomNode, cancel: Any = None) -> Any:
+    async def find(query: Any, *, peer: cnb.DicomNode, cancel: Any = None, **kw: Any) -> Any:
         state["calls"] += 1
         try:
-            outcome = await original(query, peer=peer, cancel=cancel)
+            outcome = await original(query, peer=peer, cancel=cancel, **kw)
         except PeerUnreachableError:
             state["refused"] += 1
             if stopped.is_set() and not restarts:
@@ -435,8 +435,8 @@ def test_rows_that_outlast_the_retries_fail_with_their_attempts(
     original = pacs.client.find
     answers = [0]
 
-    async def find(query: Any, *, peer: cnb.DicomNode, cancel: Any = None) -> Any:
-        outcome = await original(query, peer=peer, cancel=cancel)
+    async def find(query: Any, *, peer: cnb.DicomNode, cancel: Any = None, **kw: Any) -> Any:
+        outcome = await original(query, peer=peer, cancel=cancel, **kw)
         answers[0] += 1
         if answers[0] == 2:
             rig.server.stop()
@@ -461,9 +461,9 @@ def _count_finds(pacs: cnb.Pacs, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
     original = pacs.client.find
 
-    async def find(query: Any, *, peer: cnb.DicomNode, cancel: Any = None) -> Any:
+    async def find(query: Any, *, peer: cnb.DicomNode, cancel: Any = None, **kw: Any) -> Any:
         calls[0] += 1
-        return await original(query, peer=peer, cancel=cancel)
+        return await original(query, peer=peer, cancel=cancel, **kw)
 
     monkeypatch.setattr(pacs.client, "find", find)
     return calls
@@ -478,12 +478,12 @@ def test_pre_queries_are_retried_while_the_pacs_comes_back(
     calls = [0]
     restarts: list[Future[None]] = []
 
-    async def plan(request: Any, *, peer: cnb.DicomNode, cancel: Any = None) -> Any:
+    async def plan(request: Any, *, peer: cnb.DicomNode, cancel: Any = None, **kw: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:
             rig.server.stop()  # down when the first pre-query is sent
         try:
-            return await original(request, peer=peer, cancel=cancel)
+            return await original(request, peer=peer, cancel=cancel, **kw)
         except PeerUnreachableError:
             if not restarts:
                 restarts.append(rig.server.start_in_background())

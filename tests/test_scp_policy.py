@@ -538,8 +538,17 @@ def test_concurrent_moves_each_keep_only_their_own(
 
         return Attack(run)
 
-    attack_a = meet_then(lambda uid: sender.send([unrelated_dataset()]))
-    attack_b = meet_then(None)
+    attacked = threading.Event()
+
+    def attack_then_tell(uid: str) -> Any:
+        try:
+            return sender.send([unrelated_dataset()])
+        finally:
+            attacked.set()
+
+    attack_a = meet_then(attack_then_tell)
+    # the second move stays open (waiting in on_stored) until the stranger was answered
+    attack_b = meet_then(lambda uid: attacked.wait(TEST_TIMEOUTS.dimse))
     ops = _ops(move_scp_port)
     with ThreadPoolExecutor(max_workers=2) as pool:
         moving_a = pool.submit(

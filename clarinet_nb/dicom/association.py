@@ -7,6 +7,7 @@ wiring cancellation happen here; pynetdicom's outcomes become our exceptions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import select
@@ -38,6 +39,7 @@ from clarinet_nb.errors import (
 __all__ = [
     "Timeouts",
     "cancel_watch",
+    "kill_promptly",
     "make_ae",
     "open_association",
     "release",
@@ -218,6 +220,7 @@ def open_association(
     )
     if assoc.is_established:
         logger.debug("associated with %s for %s", peer, purpose)
+        assoc.kill = functools.partial(kill_promptly, assoc)  # type: ignore[method-assign]
         if carries_instances:
             quicken_reactor(assoc)
         _park_reactor(assoc, ae.acse_timeout or 30.0)
@@ -359,6 +362,25 @@ _REJECT_HINTS: dict[tuple[int, int], str] = {
     (3, 1): ": the peer is congested, try again later",
     (3, 2): ": the peer has reached its limit of associations, try again later",
 }
+
+
+def kill_promptly(assoc: Association) -> None:
+    """pynetdicom's ``Association.kill`` with a 0.5 ms poll instead of 10 ms (set as
+    the ``kill`` of every association we open or our Storage SCP accepts).
+
+    The A-RELEASE-RP reaches the release call a moment before the DUL state
+    machine reaches Sta1, so pynetdicom's kill almost always slept 10 ms: every
+    association we opened cost 10 ms more to release than the exchange took."""
+    assoc._reactor_checkpoint.set()
+    assoc._kill = True
+    assoc.is_established = False
+    assoc._is_paused = True
+    deadline = time.monotonic() + 30.0
+    while assoc.dul.is_alive() and not assoc.dul.stop_dul():
+        if time.monotonic() > deadline:  # as pynetdicom's loop, but never forever
+            logger.debug("the DUL thread did not stop within 30 s")
+            return
+        time.sleep(0.0005)
 
 
 def release(assoc: Association) -> None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.findpool import FindPool
 from clarinet_nb.dicom.models import (
     DicomNode,
     ImageQuery,
@@ -220,16 +221,43 @@ class DicomClient:
         return True
 
     async def find(
-        self, query: AnyQuery, *, peer: DicomNode, cancel: CancelToken | None = None
+        self,
+        query: AnyQuery,
+        *,
+        peer: DicomNode,
+        cancel: CancelToken | None = None,
+        pool: FindPool | None = None,
     ) -> FindOutcome:
-        """C-FIND returning the raw pydicom datasets and how the query ended."""
-        return await self.run(self.operations.find, query, self.secure(peer), cancel=cancel)
+        """C-FIND returning the raw pydicom datasets and how the query ended.
+
+        ``pool`` (from :meth:`find_pool`): the queries of one batch share associations."""
+        return await self.run(
+            self.operations.find, query, self.secure(peer), cancel=cancel, pool=pool
+        )
+
+    def find_pool(self) -> FindPool:
+        """Associations for one batch of C-FINDs (at most ``max_associations`` idle);
+        close it with :meth:`close_pool` when the batch ends."""
+        return FindPool(self.max_associations)
+
+    async def close_pool(self, pool: FindPool) -> None:
+        """Release the associations ``pool`` still holds (in a worker thread)."""
+        await asyncio.to_thread(pool.close)
 
     async def plan(
-        self, request: RetrieveRequest, *, peer: DicomNode, cancel: CancelToken | None = None
+        self,
+        request: RetrieveRequest,
+        *,
+        peer: DicomNode,
+        cancel: CancelToken | None = None,
+        lean: bool = False,
     ) -> RetrievePlan:
-        """List what ``request`` would retrieve (the pre-query of a retrieve)."""
-        return await self.run(self.operations.plan, request, self.secure(peer), cancel=cancel)
+        """List every instance ``request`` would retrieve (the IMAGE level pre-query).
+
+        ``lean=True``: plan from the study/series counts where the peer answers them
+        (``DicomOperations.lean_plan``; instances listed only after a shortfall)."""
+        planner = self.operations.lean_plan if lean else self.operations.plan
+        return await self.run(planner, request, self.secure(peer), cancel=cancel)
 
     async def _find(self, query: AnyQuery, peer: DicomNode, model: type[Any]) -> QueryResults[Any]:
         outcome = await self.find(query, peer=peer)

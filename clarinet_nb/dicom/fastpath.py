@@ -1,4 +1,5 @@
-"""The lean C-STORE receive path of a C-GET association (``settings.fast_path``).
+"""The lean C-STORE receive path of a C-GET association (``settings.fast_path``), and
+the lean response path of a C-MOVE association (:meth:`FastGet.move`).
 
 pynetdicom negotiates the association (contexts, SCP/SCU roles, max PDU) and
 releases it; between the C-GET-RQ and its final C-GET-RSP the socket is ours:
@@ -28,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 from io import BytesIO
 from typing import Any
@@ -37,19 +36,19 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ
-from pynetdicom.dimse_primitives import C_CANCEL, C_GET
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_GET_RQ, C_MOVE_RQ
+from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_MOVE
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
+from pynetdicom.pdu import P_DATA_TF
 
 from clarinet_nb.dicom.association import Timeouts, abort
 from clarinet_nb.dicom.cancel import CancelToken
 from clarinet_nb.dicom.handlers import StorageHandler, plain_address
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.received import RawInstance
+from clarinet_nb.dicom.takeover import DulGate, Lease
 from clarinet_nb.dicom.wire import (
     TRAILING,
-    PduReader,
     PeerPduError,
     ProtocolError,
     WireClosedError,
@@ -67,6 +66,7 @@ logger = logging.getLogger("clarinet_nb")
 
 C_STORE_RQ = 0x0001
 C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
 NO_DATASET = 0x0101
 PENDING = (0xFF00, 0xFF01)
 NO_SUCH_CONTEXT = 0x0122  # what pynetdicom answers: SOP class not supported
@@ -77,63 +77,11 @@ _COUNTS = (
     (0x1022, "NumberOfFailedSuboperations"),
     (0x1023, "NumberOfWarningSuboperations"),
 )
-_EVENT_OF_PDU: dict[int, tuple[type[Any], str]] = {
-    0x04: (P_DATA_TF, "Evt10"),
-    0x05: (A_RELEASE_RQ, "Evt12"),
-    0x06: (A_RELEASE_RP, "Evt13"),
-    0x07: (A_ABORT_RQ, "Evt16"),
-}
-
-
-class DulGate:
-    """Holds pynetdicom's DUL reader thread at the top of its loop while we own the socket.
-
-    Installed as the DUL's ``_process_recv_primitive`` (the first thing each pass of
-    its loop calls): once asked to hold, the thread parks there between two PDUs,
-    with nothing of its own queued, until :meth:`release` or until something is
-    queued for it to send (an abort from elsewhere: ``intruded`` is then set)."""
-
-    def __init__(self, assoc: Association) -> None:
-        self._dul = assoc.dul
-        self._process = self._dul._process_recv_primitive
-        self._cond = threading.Condition()
-        self._hold = False
-        self.parked = False
-        self.intruded = False
-        self._dul._process_recv_primitive = self._checkpoint  # type: ignore[method-assign]
-
-    def _checkpoint(self) -> bool:
-        dul = self._dul
-        if self._hold and dul.event_queue.empty() and dul.to_provider_queue.empty():
-            with self._cond:
-                self.parked = True
-                self._cond.notify_all()
-                while self._hold and not dul._kill_thread:
-                    if not dul.to_provider_queue.empty():
-                        self.intruded = True
-                        break
-                    self._cond.wait(0.05)
-                self.parked = False
-                self._cond.notify_all()
-        return bool(self._process())
-
-    def hold(self, limit: float) -> bool:
-        """Park the reader; True once it is parked (False: it died or did not park)."""
-        with self._cond:
-            self._hold = True
-            self.intruded = False
-            self._cond.wait_for(lambda: self.parked or not self._dul.is_alive(), limit)
-            return self.parked
-
-    def release(self) -> None:
-        """Let the reader run again."""
-        with self._cond:
-            self._hold = False
-            self._cond.notify_all()
 
 
 class FastGet:
-    """C-GETs on one established association, received on the lean path."""
+    """C-GETs (and C-MOVEs: their responses only) on one established association, on
+    the lean path."""
 
     def __init__(
         self, assoc: Association, handler: StorageHandler, peer: DicomNode, timeouts: Timeouts
@@ -152,7 +100,7 @@ class FastGet:
             self.sender_address = ""
         self.contexts = {int(cx.context_id or 0): cx for cx in assoc.accepted_contexts}
 
-    # -- one C-GET ------------------------------------------------------------------------
+    # -- one C-GET or C-MOVE ------------------------------------------------------------
 
     def get(
         self, identifier: Dataset, model: str, msg_id: int, cancel: CancelToken | None
@@ -161,20 +109,47 @@ class FastGet:
 
         Returns (status, identifier) of the final response, or None when it was
         cancelled and the peer did not answer the C-CANCEL in time (aborted)."""
-        context = self.assoc._get_valid_context(model, "", "scu")
-        syntax = context.transfer_syntax[0]
-        context_id = int(context.context_id or 0)
         request = C_GET()
         request.MessageID = msg_id
         request.AffectedSOPClassUID = UID(model)
         request.Priority = 2
+        return self._retrieve(request, C_GET_RQ(), identifier, model, cancel, "C-GET")
+
+    def move(
+        self,
+        identifier: Dataset,
+        model: str,
+        msg_id: int,
+        cancel: CancelToken | None,
+        destination: str,
+    ) -> tuple[Dataset, Dataset | None] | None:
+        """Send a C-MOVE-RQ to ``destination`` and read its responses until the final one
+        (the instances arrive on other associations: our Storage SCP).  As :meth:`get`."""
+        request = C_MOVE()
+        request.MessageID = msg_id
+        request.AffectedSOPClassUID = UID(model)
+        request.Priority = 2
+        request.MoveDestination = destination
+        return self._retrieve(request, C_MOVE_RQ(), identifier, model, cancel, "C-MOVE")
+
+    def _retrieve(
+        self,
+        request: Any,
+        message: Any,
+        identifier: Dataset,
+        model: str,
+        cancel: CancelToken | None,
+        what: str,
+    ) -> tuple[Dataset, Dataset | None] | None:
+        context = self.assoc._get_valid_context(model, "", "scu")
+        syntax = context.transfer_syntax[0]
+        context_id = int(context.context_id or 0)
         encoded = encode(
             identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
         )
         if encoded is None:
-            raise ValueError("could not encode the C-GET identifier")
+            raise ValueError(f"could not encode the {what} identifier")
         request.Identifier = BytesIO(encoded)
-        message = C_GET_RQ()
         message.primitive_to_message(request)
         rq = self._pdus(message, context_id)
 
@@ -182,14 +157,14 @@ class FastGet:
             self.gate.release()
             raise AssociationAbortedError(
                 f"the association with {self.peer} was aborted or the connection dropped "
-                "before the C-GET request"
+                f"before the {what} request"
             )
         try:
-            run = _Run(self, context_id, msg_id)
+            run = _Run(self, context_id, int(request.MessageID), what)
         except (WireClosedError, OSError) as exc:
             self.gate.release()
             raise AssociationAbortedError(
-                f"the association with {self.peer} lost its connection before the C-GET "
+                f"the association with {self.peer} lost its connection before the {what} "
                 f"request ({exc})"
             ) from None
         remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
@@ -217,39 +192,24 @@ class FastGet:
         return self._pdus(message, context_id)
 
 
-class _Run:
+class _Run(Lease):
     """The socket side of one C-GET: owns the socket until :meth:`close`."""
 
-    def __init__(self, owner: FastGet, context_id: int, msg_id: int) -> None:
+    def __init__(self, owner: FastGet, context_id: int, msg_id: int, what: str) -> None:
         self.owner = owner
-        self.assoc = owner.assoc
+        self.what = what
+        self.rsp_field = C_GET_RSP if what == "C-GET" else C_MOVE_RSP
         self.context_id = context_id
         self.msg_id = msg_id
-        transport = self.assoc.dul.socket
-        sock = getattr(transport, "socket", None)
-        if sock is None:
-            raise WireClosedError("no socket")
-        self.sock = sock
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.saved_timeout = sock.gettimeout()
-        sock.settimeout(0.0)
         self.cancel_requested = False
         self.cancel_sent = False
-        self.reader = PduReader(
-            sock,
-            network=owner.timeouts.network,
-            wake_fd=self.wake_r,
-            on_wake=self.service_cancel,
-            check=self.check_gate,
-        )
-        self.handed_back = False
+        super().__init__(owner.assoc, owner.gate, owner.timeouts, on_wake=self.service_cancel)
 
     # cancellation (request_cancel runs in any thread; the rest in ours) --------------------
 
     def request_cancel(self) -> None:
         self.cancel_requested = True
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"c")
+        self.wake()
 
     def service_cancel(self) -> None:
         if self.cancel_requested and not self.cancel_sent:
@@ -257,10 +217,6 @@ class _Run:
             logger.info("cancelling: sending C-CANCEL (message %d)", self.msg_id)
             self.reader.send(self.owner.cancel_pdus(self.context_id, self.msg_id))
             self.reader.grace = time.monotonic() + self.owner.timeouts.cancel
-
-    def check_gate(self) -> None:
-        if self.owner.gate.intruded or self.assoc._kill:
-            raise WireClosedError("the association is being aborted")
 
     # the exchange ---------------------------------------------------------------------------
 
@@ -280,10 +236,10 @@ class _Run:
                 field = command_us(command, 0x0100)
                 if field == C_STORE_RQ:
                     self.store(context_id, command, data)
-                elif field == C_GET_RSP:
+                elif field == self.rsp_field:
                     status = command_us(command, 0x0900)
                     if status is None:
-                        raise ProtocolError("C-GET-RSP without a Status")
+                        raise ProtocolError(f"{self.what}-RSP without a Status")
                     if status in PENDING:
                         continue
                     return self.final(status, command, data, syntax)
@@ -296,7 +252,7 @@ class _Run:
             raise AssociationAbortedError(
                 f"{self.owner.peer} "
                 f"{'released' if exc.kind == 0x05 else 'aborted'} the association "
-                "while we waited for a C-GET response"
+                f"while we waited for a {self.what} response"
             ) from None
         except WireClosedError as exc:
             self.hand_back(None)
@@ -304,7 +260,7 @@ class _Run:
                 return None
             raise AssociationAbortedError(
                 f"the association with {self.owner.peer} was aborted or the connection dropped "
-                f"while waiting for a C-GET response ({exc})"
+                f"while waiting for a {self.what} response ({exc})"
             ) from None
         except WireTimeoutError as exc:
             self.abort()
@@ -318,17 +274,17 @@ class _Run:
             if exc.args[0] == "network":
                 raise DicomTimeoutError(
                     f"{self.owner.peer} sent nothing for {self.owner.timeouts.network:g} s "
-                    "(network_timeout) during the C-GET; the association was aborted"
+                    f"(network_timeout) during the {self.what}; the association was aborted"
                 ) from None
             raise DicomTimeoutError(
-                f"{self.owner.peer} sent no C-GET response within {dimse:g} s "
+                f"{self.owner.peer} sent no {self.what} response within {dimse:g} s "
                 "(dimse_timeout); the association was aborted"
             ) from None
         except ProtocolError as exc:
-            logger.error("invalid data from %s during a C-GET: %s", self.owner.peer, exc)
+            logger.error("invalid data from %s during a %s: %s", self.owner.peer, self.what, exc)
             self.abort()
             raise AssociationAbortedError(
-                f"{self.owner.peer} sent an invalid message during the C-GET ({exc}); "
+                f"{self.owner.peer} sent an invalid message during the {self.what} ({exc}); "
                 "the association was aborted"
             ) from None
         except BaseException:
@@ -391,66 +347,17 @@ class _Run:
                 else:  # appended to the command set itself: Implicit VR Little Endian
                     identifier = decode(BytesIO(trailing or b""), True, True, False)
             except Exception:  # noqa: BLE001 - as pynetdicom: no identifier
-                logger.error("could not decode the identifier of the final C-GET response")
+                logger.error("could not decode the identifier of the final %s response", self.what)
         return ds, identifier
 
     # giving the socket back ------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Give the socket back to pynetdicom (if not yet) and free the wake-up pipe.
-
-        PDUs the peer already sent after the final response (partly read into our
-        buffer) are read whole and handed to pynetdicom, as if its reader had read them."""
-        leftovers: list[bytes] = []
-        if not self.handed_back and self.reader.end > self.reader.pos:
-            self.reader.deadline = time.monotonic() + self.owner.timeouts.dimse
-            try:
-                leftovers = self.reader.leftover()
-            except Exception as exc:  # noqa: BLE001 - the stream is unusable: abort
-                logger.debug("unreadable data after the C-GET: %s", exc)
-                self.abort()
-        self.restore()
-        for pdu in leftovers:
-            self._inject(pdu)
-        self.owner.gate.release()
-        for fd in (self.wake_r, self.wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def restore(self) -> None:
-        if not self.handed_back:
-            self.handed_back = True
-            with contextlib.suppress(OSError):
-                self.sock.settimeout(self.saved_timeout)
-            self.assoc.dul._idle_timer.restart()
-
     def hand_back(self, pdu: PeerPduError | None) -> None:
-        """Give pynetdicom's state machine what the peer sent (None: connection closed)."""
-        self.restore()
-        if pdu is not None:
-            self._inject(pdu.pdu)
-        else:
-            self.assoc.dul.event_queue.put("Evt17")
-        self.owner.gate.release()
+        """Give pynetdicom what the peer sent; answer an A-RELEASE-RQ (we are the requestor:
+        no reactor of pynetdicom's runs to answer it)."""
+        super().hand_back(pdu)
         if pdu is not None and pdu.kind == 0x05:
             self._answer_release()
-
-    def _inject(self, raw: bytes) -> None:
-        """Queue one whole PDU for pynetdicom's state machine (the DUL is held)."""
-        dul = self.assoc.dul
-        known = _EVENT_OF_PDU.get(raw[0])
-        if known is None:
-            dul.event_queue.put("Evt19")  # unexpected here: pynetdicom aborts
-            return
-        cls, event = known
-        decoded = cls()
-        try:
-            decoded.decode(raw)
-        except Exception:  # noqa: BLE001 - undecodable, as pynetdicom: Evt19
-            dul.event_queue.put("Evt19")
-            return
-        dul._recv_pdu.put(decoded)
-        dul.event_queue.put(event)
 
     def _answer_release(self) -> None:
         """The peer asked to release mid-C-GET: answer it, as pynetdicom's acceptor does."""
@@ -466,9 +373,3 @@ class _Run:
                 return
             time.sleep(0.001)  # the DUL thread is handling the PDU
         abort(assoc)
-
-    def abort(self) -> None:
-        """Abort the association through pynetdicom (A-ABORT, state machine to idle)."""
-        self.restore()
-        self.owner.gate.release()
-        abort(self.assoc)

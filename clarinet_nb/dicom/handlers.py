@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import itertools
 import logging
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pydicom import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -37,8 +37,9 @@ from clarinet_nb.dicom.association import (
     status_of,
 )
 from clarinet_nb.dicom.filemeta import file_header
+from clarinet_nb.dicom.identity import fast_identity, pydicom_identity
 from clarinet_nb.dicom.models import DicomNode, RefusedStore, StorageConfig, StorageMode
-from clarinet_nb.dicom.paths import instance_path
+from clarinet_nb.dicom.paths import safe_component
 from clarinet_nb.dicom.received import EventInstance, RawInstance, ReceivedInstance
 from clarinet_nb.errors import DicomError
 
@@ -52,6 +53,7 @@ __all__ = [
     "read_identity",
     "sender_of",
     "storage_reason",
+    "syntax_flags",
 ]
 
 logger = logging.getLogger("clarinet_nb")
@@ -116,6 +118,8 @@ class Tally:
     """UIDs being stored or kept: a second copy is a duplicate."""
     refused: list[RefusedStore] = field(default_factory=list)
     """What our Storage SCP refused during this retrieve (no patient data)."""
+    located: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(study, series) of each arrived instance, when the handler tracks locations."""
 
 
 class _Sink(Protocol):
@@ -142,7 +146,18 @@ class DiskSink:
         self.root = root
         self.locator = locator
         self.overwrite = overwrite
-        self._made: set[Path] = set()
+        self._folders: dict[tuple[str, str], Path] = {}
+        """(study, series) -> its folder, made once per retrieve."""
+        self._lock = threading.Lock()
+
+    def _folder(self, study: str, series: str) -> Path:
+        folder = self._folders.get((study, series))
+        if folder is None:
+            folder = self.root / safe_component(study) / safe_component(series)
+            folder.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._folders[(study, series)] = folder
+        return folder
 
     def store(
         self, inst: ReceivedInstance, sop_uid: str, tally: Tally, location: Location | None
@@ -150,11 +165,8 @@ class DiskSink:
         located = self.locator(sop_uid) if self.locator else None
         if located is None:
             located = location or read_identity(inst)[:2]
-        path = instance_path(self.root, located[0], located[1], sop_uid)
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
-        if self.overwrite or not path.exists():
+        path = self._folder(*located) / f"{safe_component(sop_uid)}.dcm"
+        if self.overwrite or not os.path.exists(path):
             _write_atomically(path, inst)
         with tally.lock:
             tally.paths.append(path)
@@ -163,56 +175,96 @@ class DiskSink:
         return None
 
 
-def _past_series_uid(tag: Any, vr: Any, length: Any) -> bool:
-    return bool(tag > 0x0020000E)
-
-
 def read_identity(received: ReceivedInstance | evt.Event) -> tuple[str, str, str]:
     """(Study, Series, SOP Instance) UIDs read from the received bytes, stopping at
-    (0020,000E): the rest of the dataset (pixel data) is never parsed."""
+    (0020,000E): the rest of the dataset (pixel data) is never parsed.  Little Endian
+    heads are walked with ``struct`` (:mod:`clarinet_nb.dicom.identity`), anything
+    else by pydicom, with the same answer."""
     inst = EventInstance(received) if isinstance(received, evt.Event) else received
-    syntax = UID(inst.transfer_syntax)
-    if syntax.is_deflated:
+    deflated, little, implicit = syntax_flags(inst.transfer_syntax)
+    if deflated:
         ds = inst.dataset()
-    else:
-        if isinstance(inst, EventInstance):  # read in place: no copy of a large dataset
-            stream = received_bytes(inst.event)
-        else:
-            with inst.buffer() as view:
-                stream = BytesIO(view)
+        study, series, sop = (
+            str(ds.get(key, "") or "").strip().rstrip("\x00")
+            for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        )
+        return study, series, sop
+    if little:
+        with inst.buffer() as view:  # read in place: no copy of a large dataset
+            found = fast_identity(view, implicit)
+        if found is not None:
+            return found
+    if isinstance(inst, EventInstance):  # pydicom reads the received stream in place
+        stream = received_bytes(inst.event)
         stream.seek(0)
         try:
-            ds = read_dataset(
-                stream,
-                is_implicit_VR=syntax.is_implicit_VR,
-                is_little_endian=syntax.is_little_endian,
-                stop_when=_past_series_uid,
-            )
+            return pydicom_identity(stream, implicit, little)
         finally:
             stream.seek(0)
-    study, series, sop = (
-        str(ds.get(key, "") or "").strip().rstrip("\x00")
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-    )
-    return study, series, sop
+    with inst.buffer() as view:
+        return pydicom_identity(view, implicit, little)
+
+
+@functools.lru_cache(maxsize=64)
+def syntax_flags(uid: str) -> tuple[bool, bool, bool]:
+    """(deflated, little endian, implicit VR) of a transfer syntax (pydicom's UID
+    properties cost tens of microseconds per call)."""
+    syntax = UID(uid)
+    return syntax.is_deflated, syntax.is_little_endian, syntax.is_implicit_VR
+
+
+_TEMP_NAMES = itertools.count()
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def _write_atomically(path: Path, inst: ReceivedInstance) -> None:
-    """Write preamble, file meta and the raw dataset to a temp name, then rename."""
+    """Write preamble, file meta and the raw dataset to a temp name, then rename.
+
+    The temp name (``.{name}.{pid}-{n}.part`` next to the file) is created
+    exclusively; the bytes go out in one ``writev`` where the system allows."""
     header = file_header(
         inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax, inst.sender_aet
     )
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    final = os.fspath(path)
+    folder, _, name = final.rpartition(os.sep)
+    while True:
+        tmp = f"{folder}{os.sep}.{name}.{_PID}-{next(_TEMP_NAMES):x}.part"
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)
+            break
+        except FileExistsError:  # a leftover of an earlier process with our pid: next name
+            continue
     try:
-        with tmp.open("wb") as fh:
-            fh.write(header)
+        try:
             with inst.buffer() as view:
-                fh.write(view)
-        os.replace(tmp, path)
+                _write_all(fd, header, view)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
+
+
+_PID = os.getpid()
+
+
+def _write_all(fd: int, header: bytes, view: memoryview) -> None:
+    """Write ``header`` then ``view`` to ``fd`` whole (partial writes resumed)."""
+    total = len(header) + len(view)
+    written = os.writev(fd, (header, view)) if _HAS_WRITEV else 0
+    if written == total:
+        return
+    rest = memoryview(header)[written:] if written < len(header) else b""
+    body = view[max(written - len(header), 0) :]
+    for chunk in (rest, body):
+        part = memoryview(chunk)
+        while part:
+            part = part[os.write(fd, part) :]
+
+
+_HAS_WRITEV = hasattr(os, "writev")
 
 
 class MemorySink:
@@ -339,8 +391,12 @@ class StorageHandler:
         on_received: Callable[[int], object] | None = None,
         on_stored: Callable[[str, int], object] | None = None,
         on_storage_error: Callable[[OSError], object] | None = None,
+        track_locations: bool = False,
     ) -> None:
         self.storage = storage
+        self.track_locations = track_locations
+        """Record each arrived instance's (study, series) in ``tally.located`` (read from
+        its head when the caller did not): a lean plan accounts per series with it."""
         self.tally = Tally()
         self.on_received = on_received
         self.on_stored = on_stored
@@ -378,6 +434,11 @@ class StorageHandler:
             return DUPLICATE
         with inst.buffer() as view:
             size = len(view)
+        if self.track_locations and location is None:
+            try:
+                location = read_identity(inst)[:2]
+            except Exception as exc:  # noqa: BLE001 - unaccounted: its series gets listed
+                logger.debug("could not read the head of a received dataset: %s", exc)
         try:
             self.sink.store(inst, sop_uid, self.tally, location)
         except OSError as exc:
@@ -399,6 +460,8 @@ class StorageHandler:
             return CANNOT_UNDERSTAND
         with self.tally.lock:
             self.tally.arrived[sop_uid] = None
+            if self.track_locations and location is not None:
+                self.tally.located[sop_uid] = location
             if self.sink.immediate:
                 self.tally.received[sop_uid] = None
             self.tally.bytes_received += size

@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydicom import Dataset
 
 from clarinet_nb.dicom.base import StrictModel
@@ -192,6 +192,9 @@ class RetrieveResult(BaseModel):
     refused: list[RefusedStore] = Field(default_factory=list)
     """Associations and C-STOREs our Storage SCP refused during this retrieve (not
     counted in ``received``): another sender, an instance not asked for, a duplicate."""
+    _plan: Any = PrivateAttr(default=None)
+    """The RetrievePlan the result was accounted against (listed after the transfer
+    for a lean plan); not a field: the notebook layer builds manifests from it."""
 
     @property
     def ok(self) -> bool:

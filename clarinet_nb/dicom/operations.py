@@ -8,6 +8,7 @@ them send C-CANCEL and, if the peer ignores it, abort.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -48,17 +49,19 @@ from clarinet_nb.dicom.contexts import (
     plan_get_chunks,
     plan_syntax_chunks,
 )
+from clarinet_nb.dicom.fastfind import FastFind
 from clarinet_nb.dicom.fastpath import FastGet
-from clarinet_nb.dicom.handlers import StorageHandler, storage_reason
+from clarinet_nb.dicom.findpool import FindPool
+from clarinet_nb.dicom.handlers import StorageHandler, storage_reason, syntax_flags
 from clarinet_nb.dicom.models import (
     DicomNode,
     RetrieveResult,
     RetrieveStatus,
     StorageConfig,
 )
-from clarinet_nb.dicom.plan import PlannedInstance, RetrievePlan
-from clarinet_nb.dicom.queries import AnyQuery, QueryLevel, StudyQuery
-from clarinet_nb.dicom.rawfind import find_responses, identifier_dataset
+from clarinet_nb.dicom.plan import PlannedInstance, PlannedSeries, RetrievePlan
+from clarinet_nb.dicom.queries import AnyQuery, ImageQuery, QueryLevel, SeriesQuery, StudyQuery
+from clarinet_nb.dicom.rawfind import fast_receive_enabled, find_responses, identifier_dataset
 from clarinet_nb.dicom.requests import (
     RetrieveRequest,
     image_identifier,
@@ -80,7 +83,9 @@ from clarinet_nb.dicom.status import describe
 from clarinet_nb.dicom.tls import scp_context
 from clarinet_nb.dicom.values import check_ae_title
 from clarinet_nb.errors import (
+    AssociationAbortedError,
     AssociationRejectedError,
+    DicomError,
     LocalStorageError,
     MoveDestinationUnknownError,
     NetworkError,
@@ -134,6 +139,8 @@ class _Counters:
     failed_uids: list[str] = field(default_factory=list)
     associations: int = 0
     msg_id: int = 0
+    settled: RetrievePlan | None = None
+    """A lean plan once listed after its transfer (see ``DicomOperations._settle``)."""
 
     def add(self, other: _Counters) -> None:
         """Fold in the counters of another association of the same pass."""
@@ -245,24 +252,61 @@ class DicomOperations:
         *,
         cancel: CancelToken | None = None,
         on_match: Callable[[Dataset], None] | None = None,
+        pool: FindPool | None = None,
     ) -> FindOutcome:
-        """C-FIND ``query`` on ``peer``; returns every match and how the query ended."""
+        """C-FIND ``query`` on ``peer``; returns every match and how the query ended.
+
+        With ``pool`` (one batch of queries) the association comes from and goes back
+        to the pool: an idle association of the batch is reused, and a reused one that
+        turns out closed by the peer before any answer is replaced once."""
         identifier = query.to_dataset()  # validates before any traffic
-        with self._find_association(peer) as assoc:
-            return self._find_on(assoc, query, identifier, peer, cancel, on_match)
+        if pool is None:
+            with self._find_association(peer) as assoc:
+                return self._find_on(assoc, query, identifier, peer, cancel, on_match)
+        matched: list[None] = []
+
+        def counted(ds: Dataset) -> None:
+            matched.append(None)
+            if on_match is not None:
+                on_match(ds)
+
+        while True:
+            taken = pool.take(peer)
+            reused = taken is not None
+            if taken is None:
+                taken = self._open_find_association(peer)
+                pool.opened += 1
+            assoc = taken
+            try:
+                outcome = self._find_on(assoc, query, identifier, peer, cancel, counted)
+            except AssociationAbortedError as exc:
+                release(assoc)
+                if reused and not matched and not _cancelled(cancel):
+                    logger.debug("a reused C-FIND association failed (%s): a new one", exc)
+                    continue
+                raise
+            except BaseException:
+                release(assoc)
+                raise
+            if outcome.cancelled:
+                release(assoc)
+            else:
+                pool.give(peer, assoc)
+            return outcome
 
     @contextlib.contextmanager
     def _find_association(self, peer: DicomNode) -> Iterator[Association]:
         """One association offering the Study Root and Patient Root FIND models."""
-        ae = make_ae(self.calling_aet, self.timeouts)
-        contexts = [build_context(_STUDY_FIND), build_context(_PATIENT_FIND)]
-        assoc = open_association(
-            ae, peer, contexts=contexts, max_pdu=self.max_pdu, purpose="C-FIND"
-        )
+        assoc = self._open_find_association(peer)
         try:
             yield assoc
         finally:
             release(assoc)
+
+    def _open_find_association(self, peer: DicomNode) -> Association:
+        ae = make_ae(self.calling_aet, self.timeouts)
+        contexts = [build_context(_STUDY_FIND), build_context(_PATIENT_FIND)]
+        return open_association(ae, peer, contexts=contexts, max_pdu=self.max_pdu, purpose="C-FIND")
 
     def _find_on(
         self,
@@ -342,10 +386,18 @@ class DicomOperations:
         check_names = any(elem.VR == "PN" for elem in identifier)
         self._msg_id = getattr(self, "_msg_id", 0) % 65000 + 1
         msg_id = self._msg_id
-        responses = find_responses(assoc, identifier, model, msg_id)
-        with cancel_watch(
-            assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
-        ) as cancel_sent:
+        fast = _fast_find(assoc, peer, self.timeouts)
+        if fast is not None:  # the socket is ours until the final response (fastfind.py)
+            responses = fast.responses(identifier, model, msg_id, cancel)
+            watch: contextlib.AbstractContextManager[threading.Event] = contextlib.nullcontext(
+                fast.cancel_sent
+            )
+        else:
+            responses = find_responses(assoc, identifier, model, msg_id)
+            watch = cancel_watch(
+                assoc, cancel, msg_id=msg_id, query_model=model, grace=self.timeouts.cancel
+            )
+        with contextlib.closing(responses), watch as cancel_sent:
             for code, raw, syntax in responses:
                 if code is None:
                     if cancel_sent.is_set():
@@ -395,32 +447,193 @@ class DicomOperations:
     def plan(
         self, request: RetrieveRequest, peer: DicomNode, cancel: CancelToken | None = None
     ) -> RetrievePlan:
-        """Ask ``peer`` which instances ``request`` covers, on one association.
+        """List every instance ``request`` covers (IMAGE level C-FIND), on one association.
 
         Asking for SOPClassUID at IMAGE level makes Orthanc open every file, so
         when the study's SOPClassesInStudy fits one C-GET association we list the
         instances without it; otherwise (or for peers that do not answer
         SOPClassesInStudy, like dcmqrscp) each instance's SOPClassUID is asked.
+        Pass the result as ``retrieve(plan=...)`` to have the expected instances
+        named before the transfer (a retrieve plans with :meth:`lean_plan` itself).
         """
         with self._find_association(peer) as assoc:
-            declared: list[str] = []
+            return self._listed_plan(assoc, request, peer, cancel, None)
+
+    def lean_plan(
+        self, request: RetrieveRequest, peer: DicomNode, cancel: CancelToken | None = None
+    ) -> RetrievePlan:
+        """Plan ``request`` from the peer's counts, one row per study and per series.
+
+        A study or series retrieve from a peer that answers SOPClassesInStudy,
+        NumberOfStudyRelatedInstances and NumberOfSeriesRelatedInstances (Orthanc)
+        gets a lean plan (``listed=False``): its series, their counts and the
+        study's SOP classes, without listing every instance; the retrieve lists
+        only the series that come up short, after the transfer.  Anything else
+        (dcmqrscp, qrscp, instance requests, counts that do not add up, SOP
+        classes needing several C-GET associations) is listed as :meth:`plan` does.
+        """
+        with self._find_association(peer) as assoc:
+            lean, declared = self._counted_plan(assoc, request, peer, cancel)
+            if lean is not None:
+                return lean
+            return self._listed_plan(assoc, request, peer, cancel, declared)
+
+    def _listed_plan(
+        self,
+        assoc: Association,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        cancel: CancelToken | None,
+        declared: list[str] | None,
+    ) -> RetrievePlan:
+        """The IMAGE level listing of ``request`` (``declared``: SOPClassesInStudy if
+        already asked; None: ask it first)."""
+        if declared is None:
+            declared = []
             if request.study_uid:
                 study = StudyQuery(
                     study_instance_uid=request.study_uid, return_keys=("SOPClassesInStudy",)
                 )
                 found = self._find_on(assoc, study, study.to_dataset(), peer, cancel)
                 for ds in found.datasets:
-                    value = ds.get("SOPClassesInStudy") or []
-                    declared += [str(v) for v in ([value] if isinstance(value, str) else value)]
-            lean = bool(declared) and len(plan_get_chunks(declared)) == 1
-            query = request.pre_query()
-            identifier = query.to_dataset()
-            if lean:
-                del identifier.SOPClassUID
-            outcome = self._find_on(assoc, query, identifier, peer, cancel)
+                    declared += _uid_values(ds.get("SOPClassesInStudy"))
+        lean = bool(declared) and len(plan_get_chunks(declared)) == 1
+        query = request.pre_query()
+        identifier = query.to_dataset()
+        if lean:
+            del identifier.SOPClassUID
+        outcome = self._find_on(assoc, query, identifier, peer, cancel)
         return RetrievePlan.from_datasets(
             outcome.datasets, declared_classes=declared if lean else ()
         )
+
+    def _counted_plan(
+        self,
+        assoc: Association,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        cancel: CancelToken | None,
+    ) -> tuple[RetrievePlan | None, list[str] | None]:
+        """(a lean plan or None, the study's SOP classes when asked)."""
+        if request.level is QueryLevel.IMAGE:
+            return None, None
+        study_uid = request.study_uid
+        series: list[PlannedSeries] | None = None
+        if request.level is QueryLevel.SERIES:
+            series = self._series_counts(assoc, study_uid, request.series_uid, peer, cancel)
+            studies = {s.study_uid for s in series or ()}
+            if series is None or len(studies) != 1:
+                return None, None
+            study_uid = studies.pop()
+        assert study_uid is not None
+        declared, total = self._study_counts(assoc, study_uid, peer, cancel)
+        if not declared or total is None:
+            return None, declared if request.study_uid else None
+        if series is None:
+            series = self._series_counts(assoc, study_uid, None, peer, cancel)
+            if series is None or sum(s.count for s in series) != total:
+                return None, declared
+        if len(plan_get_chunks(declared)) != 1:
+            return None, declared if request.study_uid else None
+        return RetrievePlan.from_counts(series, declared), declared
+
+    def _study_counts(
+        self, assoc: Association, study_uid: str, peer: DicomNode, cancel: CancelToken | None
+    ) -> tuple[list[str], int | None]:
+        """(SOPClassesInStudy, NumberOfStudyRelatedInstances) of one study: the classes of
+        every answer (none when not answered), the count when one answer gives it."""
+        query = StudyQuery(study_instance_uid=study_uid)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SOPClassesInStudy = ""
+        identifier.NumberOfStudyRelatedInstances = ""
+        found = self._find_on(assoc, query, identifier, peer, cancel)
+        declared = [c for ds in found.datasets for c in _uid_values(ds.get("SOPClassesInStudy"))]
+        if found.truncated or found.cancelled or len(found.datasets) != 1:
+            return declared, None
+        row = found.datasets[0]
+        if _text(row.get("StudyInstanceUID")) != study_uid:
+            return declared, None
+        return declared, _count(row.get("NumberOfStudyRelatedInstances"))
+
+    def _series_counts(
+        self,
+        assoc: Association,
+        study_uid: str | None,
+        series_uid: str | None,
+        peer: DicomNode,
+        cancel: CancelToken | None,
+    ) -> list[PlannedSeries] | None:
+        """Series (of ``study_uid``, or ``series_uid``) and their NumberOfSeriesRelatedInstances;
+        None when any row lacks one of them."""
+        query = SeriesQuery(study_instance_uid=study_uid, series_instance_uid=series_uid)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_uid or ""
+        identifier.SeriesInstanceUID = series_uid or ""
+        identifier.NumberOfSeriesRelatedInstances = ""
+        found = self._find_on(assoc, query, identifier, peer, cancel)
+        if found.truncated or found.cancelled:
+            return None
+        series: list[PlannedSeries] = []
+        for row in found.datasets:
+            study, uid = _text(row.get("StudyInstanceUID")), _text(row.get("SeriesInstanceUID"))
+            count = _count(row.get("NumberOfSeriesRelatedInstances"))
+            if not study or not uid or count is None:
+                return None
+            if (study_uid and study != study_uid) or (series_uid and uid != series_uid):
+                return None  # the peer did not match as asked: list instead
+            series.append(PlannedSeries(study, uid, count))
+        return series if series else None
+
+    def _settle(
+        self,
+        request: RetrieveRequest,
+        peer: DicomNode,
+        plan: RetrievePlan,
+        handler: StorageHandler,
+        list_short: bool = True,
+    ) -> RetrievePlan:
+        """The listed plan of a lean plan after its transfer: what arrived, and the
+        series that came up short listed (IMAGE level), so that the result names every
+        instance that did not arrive.  The lean plan itself when they cannot be listed
+        (the peer died or froze: the listing is bounded by the timeouts); its result
+        then counts what is missing (``expected``) without naming it."""
+        tally = handler.tally
+        with tally.lock:
+            located = {u: tally.located[u] for u in tally.arrived if u in tally.located}
+        arrived = collections.Counter(located.values())
+        short = plan.short_series(arrived)
+        if not short:  # complete: what arrived is the listing
+            return plan.settled(located, [], [])
+        if not list_short:
+            return plan
+        rows: list[Dataset] = []
+        try:
+            with self._find_association(peer) as assoc:
+                if len(short) == len(plan.series):
+                    targets = [request.pre_query()]
+                else:
+                    targets = [
+                        ImageQuery(study_instance_uid=s.study_uid, series_instance_uid=s.series_uid)
+                        for s in short
+                    ]
+                for query in targets:
+                    identifier = query.to_dataset()
+                    del identifier.SOPClassUID  # the study's classes are declared
+                    rows += self._find_on(assoc, query, identifier, peer, None).datasets
+        except DicomError as exc:
+            logger.warning(
+                "%d series came up short but could not be listed (%s): the result counts "
+                "what is missing without naming it",
+                len(short),
+                exc,
+            )
+            return plan
+        logger.info("%d series came up short: listed %d instance(s)", len(short), len(rows))
+        listing = RetrievePlan.from_datasets(rows, plan.declared_classes).instances
+        return plan.settled(located, listing, [s.key for s in short])
 
     def retrieve(
         self,
@@ -438,26 +651,30 @@ class DicomOperations:
     ) -> RetrieveResult:
         """C-GET or C-MOVE ``request`` from ``peer`` into ``storage``.
 
-        With ``query_first`` (default) an IMAGE level C-FIND first lists what
-        will come (or pass the ``plan`` from :meth:`plan`): C-GET then negotiates
+        With ``query_first`` (default) the retrieve is planned first (or pass the
+        ``plan`` from :meth:`plan` or :meth:`lean_plan`): C-GET then negotiates
         exactly the SOP classes present, and the result names every instance that
-        did not arrive.  Raises NotFoundError when nothing matches and
-        PartialRetrieveError when anything failed or is missing (its ``result``
-        lists what arrived); a cancelled retrieve returns a result with status
-        CANCELLED.  ``on_stored(sop_uid, nbytes)`` is called for every instance kept.
+        did not arrive.  The plan is :meth:`lean_plan` (study and series counts;
+        only series that come up short are listed, after the transfer) unless
+        ``settings.lean_plan`` is off; :meth:`plan` lists every instance up front.
+        Raises NotFoundError when nothing matches and PartialRetrieveError when
+        anything failed or is missing (its ``result`` lists what arrived); a
+        cancelled retrieve returns a result with status CANCELLED.
+        ``on_stored(sop_uid, nbytes)`` is called for every instance kept.
         """
         started = time.monotonic()
         if plan is None and query_first:
-            plan = self.plan(request, peer, cancel)
+            planner = self.lean_plan if settings.lean_plan else self.plan
+            plan = planner(request, peer, cancel)
         if plan is not None:
-            if not plan.instances:
+            if not len(plan):
                 result = self._result(method, request, peer, plan, None, None, started)
                 raise NotFoundError(
                     f"nothing on {peer} matches the {method} request", result=result
                 )
             if request.study_uid is None and request.level is not QueryLevel.STUDY:
-                studies = {i.study_uid for i in plan.instances}
-                series = {i.series_uid for i in plan.instances}
+                studies = set(plan.study_uids)
+                series = set(plan.series_uids)
                 if len(studies) == 1 and (len(series) == 1 or request.level is QueryLevel.SERIES):
                     request = RetrieveRequest(
                         request.level,
@@ -474,13 +691,14 @@ class DicomOperations:
         stop = CancelToken()
         handler = StorageHandler(
             storage,
-            locator=plan.locate if plan else None,
+            locator=plan.locate if plan is not None and plan.listed else None,
             calling_aet=self.calling_aet,
             timeouts=self.timeouts,
             max_pdu=self.max_pdu,
             on_received=_serialised(progress.update) if progress is not None else None,
             on_stored=on_stored,
             on_storage_error=lambda exc: stop.cancel(),
+            track_locations=plan is not None and not plan.listed,
         )
         unlink = cancel.on_cancel(stop.cancel) if cancel is not None else None
         counters = _Counters()
@@ -498,7 +716,12 @@ class DicomOperations:
             if unlink is not None:
                 unlink()
             handler.close()
+        if plan is not None and not plan.listed:  # a lean plan: list what came up short
+            # after a cancel the PACS ignored (aborted) do not wait on it once more
+            stuck = broken is not None and cancel is not None and cancel.cancelled
+            plan = counters.settled or self._settle(request, peer, plan, handler, not stuck)
         result = self._result(method, request, peer, plan, handler, counters, started, cancel)
+        result._plan = plan
         if handler.storage_error is not None:
             raise _storage_failure(result, handler.storage_error, storage, peer) from (
                 handler.storage_error
@@ -566,6 +789,10 @@ class DicomOperations:
                 )
         if plan is None:
             return
+        if not plan.listed:  # a lean plan: the repair passes need the short series listed
+            plan = counters.settled = self._settle(request, peer, plan, handler)
+            if not plan.listed:
+                return
         if all(i.sop_uid in handler.tally.arrived for i in plan.instances):
             return
         try:
@@ -579,6 +806,7 @@ class DicomOperations:
         workers = self.workers
         return (
             workers is not None
+            and plan.listed  # a lean plan names no instance: nothing to cut or re-ask
             and workers.inside()  # the first association holds a pool thread
             and self.split_min > 0
             and len(plan) >= self.split_min
@@ -872,7 +1100,7 @@ class DicomOperations:
                 len(refused),
                 ", ".join(refused),
             )
-        per_instance = all(i.sop_class_uid for i in plan.instances)
+        per_instance = plan.classes_per_instance
         if n_chunks == 1 and (not refused or not per_instance):
             return [request.identifier()]  # what cannot come is left to the repair passes
         return _identifiers_for(plan.of_classes(accepted))
@@ -890,7 +1118,8 @@ class DicomOperations:
 
         The association is opened first: the address it reached is one the
         PACS's C-STOREs may come from."""
-        expected = frozenset(plan.sop_uids) if plan is not None else None
+        # a lean plan names no instance: each is checked against the request (Scope)
+        expected = frozenset(plan.sop_uids) if plan is not None and plan.listed else None
         extra = frozenset(plan.sop_classes) if plan is not None else frozenset()
         ae = make_ae(self.calling_aet, self.timeouts)
         model = str(StudyRootQueryRetrieveInformationModelMove)
@@ -943,10 +1172,16 @@ class DicomOperations:
     ) -> None:
         """C-MOVE ``identifier`` on ``assoc`` (one UID at a time if the peer refuses lists)."""
         model = str(StudyRootQueryRetrieveInformationModelMove)
+        fast = FastGet(assoc, handler, peer, self.timeouts) if settings.fast_path else None
 
         def send(part: Dataset) -> None:
             counters.msg_id = counters.msg_id % 65535 + 1
             msg_id = counters.msg_id
+            if fast is not None:  # the lean response path (fastpath.py)
+                final = fast.move(part, model, msg_id, cancel, self.calling_aet)
+                if final is not None:
+                    counters.final(*final)
+                return
             responses = assoc.send_c_move(part, self.calling_aet, model, msg_id)
             self._consume(assoc, responses, counters, cancel, msg_id, peer, "C-MOVE", model)
 
@@ -1126,14 +1361,25 @@ def _worse(a: int | None, b: int | None) -> int | None:
     return a if rank(a) >= rank(b) else b
 
 
+def _fast_find(assoc: Association, peer: DicomNode, timeouts: Timeouts) -> FastFind | None:
+    """The lean C-FIND exchange of ``assoc`` (one per association), or None when
+    ``settings.fast_path`` or ``CLARINET_FIND_FAST`` is off."""
+    if not (settings.fast_path and fast_receive_enabled()):
+        return None
+    fast = getattr(assoc, "_clarinet_fast_find", None)
+    if fast is None:
+        fast = FastFind(assoc, peer, timeouts)
+        assoc._clarinet_fast_find = fast  # type: ignore[attr-defined]
+    return cast(FastFind, fast)
+
+
 def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:
     """A C-FIND match as a dataset; None (the match is skipped) when it cannot be decoded."""
     if raw is None:
         return None
+    deflated, little, implicit = syntax_flags(syntax)
     try:
-        return identifier_dataset(
-            raw, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
-        )
+        return identifier_dataset(raw, implicit, little, deflated)
     except Exception:  # noqa: BLE001 - a malformed identifier from a peer: skipped, as before
         logger.error("failed to decode a received C-FIND identifier; match skipped")
         return None
@@ -1141,6 +1387,27 @@ def _identifier(raw: bytes | None, syntax: UID) -> Dataset | None:
 
 CANCEL_STATUS = 0xFE00
 """Final status of a C-GET whose sub-operations a C-CANCEL terminated."""
+
+
+def _text(value: object) -> str:
+    return str(value or "").strip()
+
+
+def _uid_values(value: object) -> list[str]:
+    """The UIDs of a (possibly multi-valued) UI element's value."""
+    if not value:
+        return []
+    items = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    return [_text(v) for v in items if _text(v)]
+
+
+def _count(value: object) -> int | None:
+    """A NumberOf*RelatedInstances value; None when absent or not a count."""
+    try:
+        count = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return count if count >= 0 else None
 
 
 def _cancelled(cancel: CancelToken | None) -> bool:

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator, MutableSequence
+from collections.abc import Generator, MutableSequence
 from io import BytesIO
 from typing import Any, Final, cast
 
@@ -91,6 +91,7 @@ def walk(raw: bytes, implicit: bool) -> dict[BaseTag, RawDataElement | DataEleme
     explicit = _EXPLICIT.unpack_from
     long = _LONG.unpack_from
     vrs = _VR_TEXT
+    tags = _TAGS
     while size - pos >= 8:
         vr: str | None
         if implicit:
@@ -112,7 +113,10 @@ def walk(raw: bytes, implicit: bool) -> dict[BaseTag, RawDataElement | DataEleme
         if tag == _END_ITEM or length == _UNDEFINED or size - pos < length:
             return None
         value = raw[pos : pos + length] if length else _empty(vr)
-        elements[_tag(tag)] = RawDataElement(_tag(tag), vr, length, value, pos, implicit, True)
+        key = tags.get(tag)
+        if key is None:
+            key = _tag(tag)
+        elements[key] = RawDataElement(key, vr, length, value, pos, implicit, True)
         pos += length
     if pos != size:
         return None  # trailing bytes: pydicom decides what they mean
@@ -188,7 +192,7 @@ _FAST_STATE: Final = _state_matches_pydicom()
 
 def find_responses(
     assoc: Association, identifier: Dataset, model: str, msg_id: int
-) -> Iterator[tuple[int | None, bytes | None, UID]]:
+) -> Generator[tuple[int | None, bytes | None, UID], None, None]:
     """``assoc.send_c_find`` yielding the identifier bytes instead of a decoded dataset.
 
     Yields ``(status code, identifier bytes or None, transfer syntax)``; like pynetdicom,
@@ -228,7 +232,7 @@ def find_responses(
 
 def _responses(
     assoc: Association, syntax: UID, receiver: FindReceiver | None
-) -> Iterator[tuple[int | None, bytes | None, UID]]:
+) -> Generator[tuple[int | None, bytes | None, UID], None, None]:
     try:
         while True:
             _cx, rsp = assoc.dimse.get_msg(block=True)

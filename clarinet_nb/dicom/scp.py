@@ -17,6 +17,10 @@ Policy (nothing else gets in):
   UIDs read from the head of the dataset match the request (:class:`Scope`);
   otherwise it is answered ``0x0124`` (Refused: not authorised) and never written;
 - every refusal is recorded in the move's ``RetrieveResult.refused``.
+
+With ``settings.fast_path`` (the default) an admitted association's C-STOREs are
+received on the lean path (:mod:`clarinet_nb.dicom.fastscp`); both paths hand each
+instance to the same policy, :meth:`_Listener.route`.
 """
 
 from __future__ import annotations
@@ -28,29 +32,33 @@ import logging
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
-from clarinet_nb.dicom.association import Timeouts, tune_instance_connection
+from clarinet_nb.dicom import fastscp
+from clarinet_nb.dicom.association import Timeouts, kill_promptly, tune_instance_connection
 from clarinet_nb.dicom.contexts import scp_storage_contexts
 from clarinet_nb.dicom.handlers import (
     NOT_AUTHORISED,
     StorageHandler,
     plain_address,
     read_identity,
-    sender_of,
-    store_request,
 )
+from clarinet_nb.dicom.received import EventInstance, ReceivedInstance
+from clarinet_nb.dicom.takeover import DulGate
 from clarinet_nb.errors import LocalPortError
+from clarinet_nb.settings import settings
 
 __all__ = ["Admission", "Scope", "peer_addresses", "receiving"]
 
 logger = logging.getLogger("clarinet_nb")
 
-_POLL = 0.02
+_POLL = 0.005
 WRONG_AET = "calling AE title not allowed"
 WRONG_ADDRESS = "source address not allowed"
 NOT_OURS = "not part of this retrieve"
@@ -136,6 +144,11 @@ class _Listener:
     aet: str
     routes: list[_Route] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    gates: weakref.WeakKeyDictionary[Association, DulGate] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    """Associations admitted for the lean path (fastscp.py), until established."""
 
     def _open_routes(self) -> list[_Route]:
         with self.lock:
@@ -152,6 +165,9 @@ class _Listener:
         routes = self._open_routes()
         reasons = [r.admission.refusal(aet, address) for r in routes]
         if routes and None in reasons:
+            assoc.kill = functools.partial(kill_promptly, assoc)  # type: ignore[method-assign]
+            if settings.fast_path:  # the lean path takes over once the AC is sent
+                self.gates[assoc] = fastscp.arm(assoc)
             return
         reason = WRONG_ADDRESS if WRONG_ADDRESS in reasons else WRONG_AET
         for route in routes:
@@ -166,9 +182,14 @@ class _Listener:
         assoc.kill()
 
     def dispatch(self, event: evt.Event) -> int:
-        """EVT_C_STORE: hand the instance to the move it belongs to, or refuse it."""
-        sop_uid = str(store_request(event).AffectedSOPInstanceUID or "")
-        aet, address = sender_of(event)
+        """EVT_C_STORE (pynetdicom's receive path): see :meth:`route`."""
+        return self.route(EventInstance(event))
+
+    def route(self, inst: ReceivedInstance) -> int:
+        """Hand one received instance to the move it belongs to, or refuse it (both
+        receive paths); returns the C-STORE status."""
+        sop_uid = inst.sop_instance_uid
+        aet, address = inst.sender_aet, inst.sender_address
         routes = [r for r in self._open_routes() if r.admission.refusal(aet, address) is None]
         if not routes:
             logger.warning(
@@ -178,22 +199,28 @@ class _Listener:
         listed = [r for r in routes if r.expected is not None and sop_uid in r.expected]
         if listed:
             fresh = [r for r in listed if not r.handler.has(sop_uid)]
-            return (fresh or listed)[0].handler(event)
+            return (fresh or listed)[0].handler.receive(inst)
         unlisted = [r for r in routes if r.expected is None and r.scope is not None]
         reason = NOT_OURS
         if unlisted:
             try:
-                identity = read_identity(event)
+                identity = read_identity(inst)
             except Exception as exc:  # noqa: BLE001 - a hostile dataset must not kill the SCP
                 logger.debug("could not read the head of a received dataset: %s", exc)
                 reason = UNREADABLE
             else:
                 for route in unlisted:
                     if route.scope is not None and route.scope.admits(sop_uid, identity):
-                        return route.handler(event, identity[:2])
+                        return route.handler.receive(inst, identity[:2])
         for route in routes:
-            route.handler.refuse(event, reason, NOT_AUTHORISED)
+            route.handler.refuse(inst, reason, NOT_AUTHORISED)
         return NOT_AUTHORISED
+
+    def established(self, event: evt.Event) -> None:
+        """EVT_ESTABLISHED: receive on the lean path when :meth:`admit` armed it."""
+        gate = self.gates.pop(event.assoc, None)
+        if gate is not None:
+            fastscp.serve(event.assoc, gate, self.route, self.timeouts)
 
 
 _listeners: dict[tuple[str, int], _Listener] = {}
@@ -232,12 +259,16 @@ def _start(
     def admit(event: evt.Event) -> None:
         holder["listener"].admit(event)
 
+    def established(event: evt.Event) -> None:
+        holder["listener"].established(event)
+
     try:
         server = ae.make_server(
             (ip, port),
             evt_handlers=[
                 (evt.EVT_REQUESTED, admit),
                 (evt.EVT_C_STORE, dispatch),
+                (evt.EVT_ESTABLISHED, established),
                 (evt.EVT_CONN_OPEN, tune_instance_connection),
             ],
             server_class=ThreadedAssociationServer,
@@ -258,15 +289,22 @@ def _start(
         daemon=True,
     )
     thread.start()
-    listener = _Listener(server=server, aet=aet)
+    listener = _Listener(server=server, aet=aet, timeouts=timeouts)
     holder["listener"] = listener
     logger.info("Storage SCP %s listening on port %d%s", aet, port, " (TLS)" if ssl_context else "")
     return listener
 
 
+#: DUL states of an association whose release is under way (PS3.8 9.2): aborting it
+#: then races pynetdicom's own answer (an A-ABORT in Sta13 kills its DUL thread).
+_RELEASING = frozenset({"Sta8", "Sta13"})
+
+
 def _stop(listener: _Listener) -> None:
     server = listener.server
     for assoc in list(server.active_associations):
+        if assoc.is_released or assoc.dul.state_machine.current_state in _RELEASING:
+            continue  # the peer is releasing it: pynetdicom finishes that on its own
         with contextlib.suppress(Exception):
             assoc.abort()
     server.shutdown()

@@ -196,6 +196,8 @@ class PduReader:
         self.check = check
         self.pdu_left = 0
         """Bytes of the current P-DATA-TF PDU not yet handed out as PDVs."""
+        self.last_command = bytearray()
+        """The encoded command set of the last message (for handing it to pynetdicom)."""
         self.quickack = _TCP_QUICKACK
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
@@ -332,6 +334,8 @@ class PduReader:
         Raises :class:`PeerPduError` for a PDU other than P-DATA-TF; the PDV's data is
         read next with :meth:`copy_into`."""
         while self.pdu_left == 0:
+            if self.check is not None:  # between PDUs: an abort from elsewhere ends us
+                self.check()
             kind, length = self.pdu_header()
             if kind == P_DATA_TF:
                 self.pdu_left = length
@@ -367,6 +371,7 @@ class PduReader:
                     raise ProtocolError("a command fragment after the command set ended")
                 self.copy_into(raw, length)
                 if control & 0x02:
+                    self.last_command = raw
                     command = parse_command(raw)
                     if command_us(command, 0x0800) == NO_DATASET:
                         return context, command, None

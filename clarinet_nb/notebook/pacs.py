@@ -13,15 +13,16 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.client import DicomClient
+from clarinet_nb.dicom.findpool import FindPool
 from clarinet_nb.dicom.handlers import storage_reason
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.operations import FindOutcome
@@ -35,6 +36,7 @@ from clarinet_nb.notebook.concurrency import run_bounded
 from clarinet_nb.notebook.criteria import KeywordQuery, is_missing, parse_level
 from clarinet_nb.notebook.frames import empty_frame, to_frame
 from clarinet_nb.notebook.headers import header_frame, write_headers
+from clarinet_nb.notebook.listsplit import split_uid_list
 from clarinet_nb.notebook.progress import ProgressLike, SharedProgress
 from clarinet_nb.notebook.pull import DatasetList, pull_to_disk, pull_to_memory
 from clarinet_nb.notebook.rows import (
@@ -121,9 +123,16 @@ class Pacs:
         show = progress if progress is not None else len(queries) > 1
         bar = SharedProgress(len(queries), f"C-FIND {lvl.value}", show, unit="query")
 
+        # the queries of one call share their associations (released when it ends); a
+        # single query with a long UID list is asked in parts, max_associations at a time
+        # (listsplit.py)
+        pool = self.client.find_pool() if queries else None
+        most = self.client.max_associations
+        parts = 2 * most if len(queries) == 1 and split is None and most > 1 else 1
+
         async def one(query: KeywordQuery) -> tuple[pd.DataFrame | None, Exception | None]:
             try:
-                return await self._find_one(query, split, refresh), None
+                return await self._find_one(query, split, refresh, pool, parts), None
             except DicomError as exc:
                 return None, exc
             finally:
@@ -135,9 +144,18 @@ class Pacs:
             )
         finally:
             bar.close()
+            if pool is not None:
+                await self.client.close_pool(pool)
         return self._combine(lvl, plan, answers, frame is not None, criteria)
 
-    async def _find_one(self, query: KeywordQuery, split: Split, refresh: bool) -> pd.DataFrame:
+    async def _find_one(
+        self,
+        query: KeywordQuery,
+        split: Split,
+        refresh: bool,
+        pool: FindPool | None = None,
+        parts: int = 1,
+    ) -> pd.DataFrame:
         peer = str(self.node)
         if self.cache is not None and not refresh:
             cached = self.cache.get(peer, query)
@@ -151,7 +169,7 @@ class Pacs:
         async def once(q: KeywordQuery) -> FindOutcome:
             nonlocal attempts
             attempts += 1
-            return await self.client.find(q, peer=self.node)
+            return await self.client.find(q, peer=self.node, pool=pool)
 
         async def find(q: KeywordQuery) -> FindOutcome:
             what = f"{q.level.value} C-FIND on {self.node}"
@@ -161,8 +179,11 @@ class Pacs:
             return outcome
 
         try:
+            pieces = split_uid_list(query, parts) if parts > 1 else None
             if split == "auto":
                 datasets, truncated, issued = await find_with_split(find, query)
+            elif pieces:
+                datasets, truncated, issued = await _find_parts(find, pieces)
             else:
                 outcome = await find(query)
                 datasets, truncated, issued = outcome.datasets, outcome.truncated, 1
@@ -200,7 +221,11 @@ class Pacs:
         failures = []
         parts = []
         first_error: Exception | None = None
-        answered = [(drop_duplicate_rows(f) if f is not None else None, e) for f, e in answers]
+        unique = UNIQUE_KEY[level]
+        answered = [
+            (f if f is None or _unique_rows(f, unique) else drop_duplicate_rows(f), e)
+            for f, e in answers
+        ]
         for row, slot in zip(plan.rows, plan.slots, strict=True):
             found, error = answered[slot] if slot is not None else (None, row.error)
             if error is not None or found is None:
@@ -218,13 +243,12 @@ class Pacs:
                     }
                 )
                 continue
-            parts.append(_with_context(found, row.context))
+            parts.append((found, row.context))
         if batch and failures and len(failures) == len(plan.rows) and first_error is not None:
             raise first_error
         keys = plan.distinct[0].keys if plan.distinct else ()
         if parts:
-            non_empty = [p for p in parts if len(p)] or parts[:1]
-            result = pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
+            result = _concat_with_context([p for p in parts if len(p[0])] or parts[:1])
         else:
             result = empty_frame(keys)
         answered_frames = [f for f, _ in answered if f is not None]
@@ -431,6 +455,51 @@ def _write_metadata(headers: pd.DataFrame, path: Path, manifest: pd.DataFrame | 
         ) from exc
 
 
+UNIQUE_KEY = {
+    QueryLevel.PATIENT: "PatientID",
+    QueryLevel.STUDY: "StudyInstanceUID",
+    QueryLevel.SERIES: "SeriesInstanceUID",
+    QueryLevel.IMAGE: "SOPInstanceUID",
+}
+
+
+def _unique_rows(found: pd.DataFrame, key: str) -> bool:
+    """True when no two rows can be identical: the level's unique key has no repeat
+    (and no NA); a cheap test that spares the full-row comparison of almost every answer."""
+    if len(found) < 2:
+        return True
+    if key not in found.columns:
+        return False
+    column = found[key]
+    return bool(column.notna().all() and column.is_unique)
+
+
+def _concat_with_context(parts: list[tuple[pd.DataFrame, Mapping[str, Any]]]) -> pd.DataFrame:
+    """The answers one after the other, each with its input row's non-key columns.
+
+    When every answer has the same columns (the usual case) the context columns are
+    built once for the whole result; otherwise answer by answer."""
+    frames = [found for found, _ in parts]
+    columns = list(frames[0].columns)
+    if any(list(f.columns) != columns for f in frames[1:]):
+        pieces = [_with_context(found, context) for found, context in parts]
+        return pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
+    result = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+    present = set(columns)
+    extra = list(dict.fromkeys(c for _, context in parts for c in context if c not in present))
+    added = {}
+    for column in extra:
+        values: list[Any] = []
+        for found, context in parts:
+            values.extend([context.get(column)] * len(found))
+        added[column] = pd.Series(values, index=result.index, dtype=object)
+    if added:
+        attrs = result.attrs
+        result = pd.concat([result, pd.DataFrame(added, index=result.index)], axis=1)
+        result.attrs = attrs
+    return result
+
+
 def _with_context(found: pd.DataFrame, context: Mapping[str, Any]) -> pd.DataFrame:
     """Carry the input row's non-key columns onto its results."""
     extra = {c: v for c, v in context.items() if c not in found.columns}
@@ -526,3 +595,19 @@ def connect(
         memory_limit=limit,
         result_cap=cap,
     )
+
+
+async def _find_parts(
+    find: Callable[[KeywordQuery], Awaitable[FindOutcome]], pieces: Sequence[KeywordQuery]
+) -> tuple[list[Dataset], bool, int]:
+    """The parts of one split query, side by side; their matches in part order.
+
+    Every part runs to its end before the first error (if any) is raised: nothing
+    is left running on an association when the call returns."""
+    outcomes = await asyncio.gather(*(find(p) for p in pieces), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    done = [o for o in outcomes if isinstance(o, FindOutcome)]
+    datasets = [ds for o in done for ds in o.datasets]
+    return datasets, any(o.truncated for o in done), len(pieces)

@@ -1,0 +1,233 @@
+"""The lean C-FIND exchange: between the C-FIND-RQ and its final C-FIND-RSP the socket is ours.
+
+The same mechanism as the C-GET receive path (:mod:`clarinet_nb.dicom.fastpath`):
+pynetdicom's DUL reader is parked between two PDUs (:class:`DulGate`), the PDUs are
+read by :class:`~clarinet_nb.dicom.wire.PduReader` and every pending response is
+handed out as the identifier bytes the peer sent (decoded by the caller, see
+:mod:`clarinet_nb.dicom.rawfind`).  No pynetdicom state machine, queue or DIMSE
+message object runs per response, which is where a 20,000-row answer spent most of
+its client time.
+
+C-CANCEL is sent from the reading thread when the cancel token fires (a wake-up
+pipe interrupts the wait); a peer that ignores it for ``cancel`` seconds gets the
+association aborted.  ``dimse`` seconds without a complete response or ``network``
+seconds without a byte abort the association (DicomTimeoutError); an A-ABORT,
+A-RELEASE-RQ or dropped connection ends the exchange with AssociationAbortedError,
+after the PDU was handed to pynetdicom's state machine as if its reader had read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Generator, Iterator
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import UID
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_FIND_RQ
+from pynetdicom.dimse_primitives import C_CANCEL, C_FIND
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+
+from clarinet_nb.dicom.association import Timeouts
+from clarinet_nb.dicom.cancel import CancelToken
+from clarinet_nb.dicom.fastpath import DulGate, _Run
+from clarinet_nb.dicom.models import DicomNode
+from clarinet_nb.dicom.wire import (
+    PeerPduError,
+    ProtocolError,
+    WireClosedError,
+    WireTimeoutError,
+    command_us,
+)
+from clarinet_nb.errors import AssociationAbortedError, DicomTimeoutError
+
+__all__ = ["FastFind"]
+
+logger = logging.getLogger("clarinet_nb")
+_pynetdicom_logger = logging.getLogger("pynetdicom")  # its records, as send_c_find logs them
+
+C_FIND_RSP = 0x8020
+PENDING = (0xFF00, 0xFF01)
+
+#: (status, identifier bytes or None, transfer syntax); status None: no final response
+#: (cancelled and the peer did not answer in time, the association was aborted).
+Response = tuple[int | None, bytes | None, UID]
+
+
+class FastFind:
+    """C-FINDs on one established association, exchanged on the lean path.
+
+    One instance per association (it installs the DUL gate); C-FINDs run one
+    after another, never concurrently."""
+
+    def __init__(self, assoc: Association, peer: DicomNode, timeouts: Timeouts) -> None:
+        self.assoc = assoc
+        self.peer = peer
+        self.timeouts = timeouts
+        self.gate = DulGate(assoc)
+        self.peer_max_pdu = int(assoc.acceptor.maximum_length or 0)
+        self.cancel_sent = threading.Event()
+        """Set once a C-CANCEL was sent for the current C-FIND."""
+
+    def responses(
+        self, identifier: Dataset, model: str, msg_id: int, cancel: CancelToken | None
+    ) -> Generator[Response, None, None]:
+        """Send a C-FIND-RQ and yield its responses up to and including the final one.
+
+        The socket is ours while the generator runs: consume it to the end (or
+        close it) before anything else uses the association."""
+        self.cancel_sent.clear()
+        context = self.assoc._get_valid_context(model, "", "scu")
+        syntax = context.transfer_syntax[0]
+        context_id = int(context.context_id or 0)
+        request = C_FIND()
+        request.MessageID = msg_id
+        request.AffectedSOPClassUID = UID(model)
+        request.Priority = 2
+        encoded = encode(
+            identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+        if encoded is None:
+            raise ValueError("could not encode the C-FIND identifier")
+        request.Identifier = BytesIO(encoded)
+        message = C_FIND_RQ()
+        message.primitive_to_message(request)
+        rq = self._pdus(message, context_id)
+        if not self.gate.hold(self.timeouts.acse):
+            self.gate.release()
+            raise AssociationAbortedError(
+                f"the association with {self.peer} was aborted or the connection dropped "
+                "before the C-FIND request"
+            )
+        _pynetdicom_logger.info("Sending Find Request: MsgID %d", msg_id)
+        try:
+            run = _FindRun(self, context_id, msg_id)
+        except (WireClosedError, OSError) as exc:
+            self.gate.release()
+            raise AssociationAbortedError(
+                f"the association with {self.peer} lost its connection before the C-FIND "
+                f"request ({exc})"
+            ) from None
+        remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
+        try:
+            yield from run.exchange(rq, syntax)
+        finally:
+            if remove is not None:
+                remove()
+            if not run.finished and not run.handed_back:
+                run.abort()  # left mid-answer: the association cannot carry on
+            run.close()
+
+    # the pieces _Run expects of its owner ------------------------------------------------
+
+    def _pdus(self, message: Any, context_id: int) -> bytes:
+        parts = []
+        for primitive in message.encode_msg(context_id, self.peer_max_pdu):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            parts.append(pdu.encode())
+        return b"".join(parts)
+
+    def cancel_pdus(self, context_id: int, msg_id: int) -> bytes:
+        """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""
+        primitive = C_CANCEL()
+        primitive.MessageIDBeingRespondedTo = msg_id
+        message = C_CANCEL_RQ()
+        message.primitive_to_message(primitive)
+        return self._pdus(message, context_id)
+
+
+class _FindRun(_Run):
+    """The socket side of one C-FIND."""
+
+    def __init__(self, owner: FastFind, context_id: int, msg_id: int) -> None:
+        super().__init__(owner, context_id, msg_id, "C-FIND")  # type: ignore[arg-type]
+        self.finder = owner
+        self.finished = False
+
+    def service_cancel(self) -> None:
+        if self.cancel_requested and not self.cancel_sent:
+            self.finder.cancel_sent.set()
+        super().service_cancel()
+
+    def exchange(self, rq: bytes, syntax: UID) -> Iterator[Response]:
+        reader = self.reader
+        finder = self.finder
+        dimse = finder.timeouts.dimse
+        try:
+            reader.send(rq)
+            reader.deadline = time.monotonic() + dimse
+            while True:
+                if self.cancel_requested:
+                    self.service_cancel()
+                    if time.monotonic() >= reader.grace:
+                        raise WireTimeoutError("cancel")
+                _context_id, command, data = reader.next_message()
+                reader.deadline = time.monotonic() + dimse
+                field = command_us(command, 0x0100)
+                if field != C_FIND_RSP:
+                    raise ProtocolError(f"unexpected DIMSE message (command field {field})")
+                if command_us(command, 0x0120) not in (None, self.msg_id):
+                    raise ProtocolError("a C-FIND response to another message")
+                status = command_us(command, 0x0900)
+                if status is None:
+                    raise ProtocolError("C-FIND-RSP without a Status")
+                if status in PENDING:
+                    yield status, (bytes(data) if data is not None else None), syntax
+                    continue
+                self.finished = True
+                yield status, None, syntax
+                return
+        except PeerPduError as exc:
+            self.finished = True
+            self.hand_back(exc)
+            if self.cancel_sent:
+                yield None, None, syntax
+                return
+            raise AssociationAbortedError(
+                f"{finder.peer} {'released' if exc.kind == 0x05 else 'aborted'} the "
+                "association while we waited for a C-FIND response"
+            ) from None
+        except WireClosedError as exc:
+            self.finished = True
+            self.hand_back(None)
+            if self.cancel_sent:
+                yield None, None, syntax
+                return
+            raise AssociationAbortedError(
+                f"the association with {finder.peer} was aborted or the connection dropped "
+                f"while waiting for a C-FIND response ({exc})"
+            ) from None
+        except WireTimeoutError as exc:
+            self.finished = True
+            self.abort()
+            if exc.args[0] == "cancel" or self.cancel_sent:
+                logger.warning(
+                    "%s did not honour C-CANCEL within %g s: association aborted",
+                    finder.peer,
+                    finder.timeouts.cancel,
+                )
+                yield None, None, syntax
+                return
+            if exc.args[0] == "network":
+                raise DicomTimeoutError(
+                    f"{finder.peer} sent nothing for {finder.timeouts.network:g} s "
+                    "(network_timeout) during the C-FIND; the association was aborted"
+                ) from None
+            raise DicomTimeoutError(
+                f"{finder.peer} sent no C-FIND response within {dimse:g} s "
+                "(dimse_timeout); the association was aborted"
+            ) from None
+        except ProtocolError as exc:
+            self.finished = True
+            logger.error("invalid data from %s during a C-FIND: %s", finder.peer, exc)
+            self.abort()
+            raise AssociationAbortedError(
+                f"{finder.peer} sent an invalid message during the C-FIND ({exc}); "
+                "the association was aborted"
+            ) from None
