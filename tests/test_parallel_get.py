@@ -264,8 +264,12 @@ class Spy:
 @pytest.fixture(autouse=True)
 def always_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """The split probe (SplitProbe) measures, then always splits: whether splitting
-    pays depends on the machine's load, what a split does must not."""
+    pays depends on the machine's load, what a split does must not.  Plans are listed
+    (IMAGE level pre-query): a lean plan names no instance and is never split."""
+    from clarinet_nb.settings import settings
+
     monkeypatch.setattr(ops, "SPLIT_BUSY", float("inf"))
+    monkeypatch.setattr(settings, "lean_plan", False)
 
 
 @pytest.fixture
@@ -569,6 +573,21 @@ async def test_default_probe_is_consistent(server: PeerProcess, data: Data, spy:
     assert len(probes) == 1 and probes[0].decided and probes[0].load is not None
     assert probes[0].busy == SPLIT_BUSY
     assert (result.associations > 1) is bool(probes[0].split)
+
+
+async def test_a_lean_plan_is_not_split(
+    server: PeerProcess, data: Data, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lean plan (series counts, no instance list: settings.lean_plan) cannot be cut
+    into UID lists nor re-asked by UID after a cancel: one association, all arrive."""
+    from clarinet_nb.settings import settings
+
+    monkeypatch.setattr(settings, "lean_plan", True)
+    async with DicomClient(max_associations=3, timeouts=TEST_TIMEOUTS) as client:
+        result = await client.get_study(data.multi, peer=node(server))
+    assert result.status is RetrieveStatus.SUCCESS
+    assert _sops(result) == data.sops[data.multi] and result.received == SERIES * PER_SERIES
+    assert result.associations == 1 and not spy.open
 
 
 def test_workers_count_free_threads() -> None:
