@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_proxy
 
 from clarinet_nb.dicom.split import SPLIT_MIN
+from clarinet_nb.settings import settings
 
 VARIANTS = ("one", "split", "auto")
 
@@ -159,7 +160,12 @@ def main() -> int:
         "--pull", type=int, default=0, help="instead: a notebook pull of N one-series studies"
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="one,split,auto")
+    parser.add_argument(
+        "--lean-plan", action="store_true", help="keep settings.lean_plan (never split)"
+    )
     args = parser.parse_args()
+    if not args.lean_plan:  # a lean plan (counts only) is never split: plan by listing
+        settings.lean_plan = False
     log = logging.getLogger("clarinet_nb")
     log.setLevel(logging.DEBUG)
     log.addHandler(PROBE)
