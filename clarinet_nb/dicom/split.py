@@ -60,11 +60,12 @@ SPLIT_MIN = 2 * MIN_CHUNK
 """Fewest planned instances for which a retrieve is split over several associations."""
 PROBE_INSTANCES = 16
 """Instances, after the first, over which the split probe measures the client's CPU."""
-SPLIT_BUSY = 0.6
+SPLIT_BUSY = 0.5
 """Split only when the client used (or waited for) less than this fraction of one CPU
-over the probe.  Measured (benchmarks/PARALLEL.md, medians): 0.11-0.30 with 1 ms one-way
-latency and 0.22-0.51 with 0.25 ms (where splitting paid up to 1.9x), 0.73-1.01 for a
-peer on the same 2-core machine, lean path or pynetdicom's (where it only cost CPU)."""
+over the probe.  Measured (benchmarks/PARALLEL.md, medians): 0.07-0.30 with 1 ms one-way
+latency (splitting paid 1.3-2.1x), 0.22-0.35 against Orthanc with 0.25 ms (1.4-1.6x),
+0.48-0.51 against dcmqrscp with 0.25 ms (0.9x: no gain), 0.65-1.01 for a peer on the
+same 2-core machine, lean path or pynetdicom's (where it only cost CPU)."""
 
 
 def busy_seconds() -> float:
