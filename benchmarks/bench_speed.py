@@ -146,9 +146,7 @@ class Bench:
         print(flush=True)
         share = [s for c in group.cases for s in c.others]
         if share:
-            warning = busy_warning(
-                f"during '{group.key}'", statistics.median(share), os.getloadavg()
-            )
+            warning = busy_warning(f"during '{group.key}'", statistics.median(share))
             if warning:
                 self.warnings.append(warning)
                 print(warning, file=sys.stderr)
