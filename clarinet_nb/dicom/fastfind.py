@@ -28,14 +28,13 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_CANCEL_RQ, C_FIND_RQ
-from pynetdicom.dimse_primitives import C_CANCEL, C_FIND
+from pynetdicom.dimse_messages import C_FIND_RQ
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import P_DATA_TF
 
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.cancel import CancelToken
-from clarinet_nb.dicom.fastpath import DulGate, _Run
+from clarinet_nb.dicom.fastpath import DulGate, _Run, cancel_pdus, message_pdus
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.wire import (
     PeerPduError,
@@ -126,20 +125,11 @@ class FastFind:
     # the pieces _Run expects of its owner ------------------------------------------------
 
     def _pdus(self, message: Any, context_id: int) -> bytes:
-        parts = []
-        for primitive in message.encode_msg(context_id, self.peer_max_pdu):
-            pdu = P_DATA_TF()
-            pdu.from_primitive(primitive)
-            parts.append(pdu.encode())
-        return b"".join(parts)
+        return message_pdus(message, context_id, self.peer_max_pdu)
 
     def cancel_pdus(self, context_id: int, msg_id: int) -> bytes:
         """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""
-        primitive = C_CANCEL()
-        primitive.MessageIDBeingRespondedTo = msg_id
-        message = C_CANCEL_RQ()
-        message.primitive_to_message(primitive)
-        return self._pdus(message, context_id)
+        return cancel_pdus(context_id, msg_id, self.peer_max_pdu)
 
 
 class _FindRun(_Run):

@@ -176,20 +176,30 @@ class FastGet:
             run.close()
 
     def _pdus(self, message: Any, context_id: int) -> bytes:
-        parts = []
-        for primitive in message.encode_msg(context_id, self.peer_max_pdu):
-            pdu = P_DATA_TF()
-            pdu.from_primitive(primitive)
-            parts.append(pdu.encode())
-        return b"".join(parts)
+        return message_pdus(message, context_id, self.peer_max_pdu)
 
     def cancel_pdus(self, context_id: int, msg_id: int) -> bytes:
         """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""
-        primitive = C_CANCEL()
-        primitive.MessageIDBeingRespondedTo = msg_id
-        message = C_CANCEL_RQ()
-        message.primitive_to_message(primitive)
-        return self._pdus(message, context_id)
+        return cancel_pdus(context_id, msg_id, self.peer_max_pdu)
+
+
+def message_pdus(message: Any, context_id: int, max_pdu: int) -> bytes:
+    """A pynetdicom DIMSE message as P-DATA-TF PDUs under the peer's ``max_pdu``."""
+    parts = []
+    for primitive in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        parts.append(pdu.encode())
+    return b"".join(parts)
+
+
+def cancel_pdus(context_id: int, msg_id: int, max_pdu: int) -> bytes:
+    """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""
+    primitive = C_CANCEL()
+    primitive.MessageIDBeingRespondedTo = msg_id
+    message = C_CANCEL_RQ()
+    message.primitive_to_message(primitive)
+    return message_pdus(message, context_id, max_pdu)
 
 
 class _Run(Lease):
