@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Generator, Iterator
 from io import BytesIO
 from typing import Any
@@ -43,7 +42,7 @@ from clarinet_nb.dicom.wire import (
     WireTimeoutError,
     command_us,
 )
-from clarinet_nb.errors import AssociationAbortedError, DicomTimeoutError
+from clarinet_nb.errors import AssociationAbortedError
 
 __all__ = ["FastFind"]
 
@@ -146,19 +145,10 @@ class _FindRun(_Run):
         super().service_cancel()
 
     def exchange(self, rq: bytes, syntax: UID) -> Iterator[Response]:
-        reader = self.reader
-        finder = self.finder
-        dimse = finder.timeouts.dimse
         try:
-            reader.send(rq)
-            reader.deadline = time.monotonic() + dimse
+            self.begin(rq)
             while True:
-                if self.cancel_requested:
-                    self.service_cancel()
-                    if time.monotonic() >= reader.grace:
-                        raise WireTimeoutError("cancel")
-                _context_id, command, data = reader.next_message()
-                reader.deadline = time.monotonic() + dimse
+                _context_id, command, data = self.next_message()
                 field = command_us(command, 0x0100)
                 if field != C_FIND_RSP:
                     raise ProtocolError(f"unexpected DIMSE message (command field {field})")
@@ -173,51 +163,7 @@ class _FindRun(_Run):
                 self.finished = True
                 yield status, None, syntax
                 return
-        except PeerPduError as exc:
+        except (PeerPduError, WireClosedError, WireTimeoutError, ProtocolError) as exc:
             self.finished = True
-            self.hand_back(exc)
-            if self.cancel_sent:
-                yield None, None, syntax
-                return
-            raise AssociationAbortedError(
-                f"{finder.peer} {'released' if exc.kind == 0x05 else 'aborted'} the "
-                "association while we waited for a C-FIND response"
-            ) from None
-        except WireClosedError as exc:
-            self.finished = True
-            self.hand_back(None)
-            if self.cancel_sent:
-                yield None, None, syntax
-                return
-            raise AssociationAbortedError(
-                f"the association with {finder.peer} was aborted or the connection dropped "
-                f"while waiting for a C-FIND response ({exc})"
-            ) from None
-        except WireTimeoutError as exc:
-            self.finished = True
-            self.abort()
-            if exc.args[0] == "cancel" or self.cancel_sent:
-                logger.warning(
-                    "%s did not honour C-CANCEL within %g s: association aborted",
-                    finder.peer,
-                    finder.timeouts.cancel,
-                )
-                yield None, None, syntax
-                return
-            if exc.args[0] == "network":
-                raise DicomTimeoutError(
-                    f"{finder.peer} sent nothing for {finder.timeouts.network:g} s "
-                    "(network_timeout) during the C-FIND; the association was aborted"
-                ) from None
-            raise DicomTimeoutError(
-                f"{finder.peer} sent no C-FIND response within {dimse:g} s "
-                "(dimse_timeout); the association was aborted"
-            ) from None
-        except ProtocolError as exc:
-            self.finished = True
-            logger.error("invalid data from %s during a C-FIND: %s", finder.peer, exc)
-            self.abort()
-            raise AssociationAbortedError(
-                f"{finder.peer} sent an invalid message during the C-FIND ({exc}); "
-                "the association was aborted"
-            ) from None
+            self.ended(exc)  # raises the typed error unless the C-FIND was cancelled
+            yield None, None, syntax

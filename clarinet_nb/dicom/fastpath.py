@@ -230,19 +230,28 @@ class _Run(Lease):
 
     # the exchange ---------------------------------------------------------------------------
 
-    def go(self, rq: bytes, syntax: UID) -> tuple[Dataset, Dataset | None] | None:
+    def begin(self, rq: bytes) -> None:
+        """Send the request; the ``dimse`` timeout runs from now."""
+        self.reader.send(rq)
+        self.reader.deadline = time.monotonic() + self.owner.timeouts.dimse
+
+    def next_message(self) -> tuple[int, dict[int, bytes], bytearray | None]:
+        """The next DIMSE message; a requested C-CANCEL goes out first, and a peer that
+        ignores it past the grace period is a WireTimeoutError('cancel')."""
         reader = self.reader
-        dimse = self.owner.timeouts.dimse
+        if self.cancel_requested:
+            self.service_cancel()
+            if time.monotonic() >= reader.grace:
+                raise WireTimeoutError("cancel")
+        message = reader.next_message()
+        reader.deadline = time.monotonic() + self.owner.timeouts.dimse
+        return message
+
+    def go(self, rq: bytes, syntax: UID) -> tuple[Dataset, Dataset | None] | None:
         try:
-            reader.send(rq)
-            reader.deadline = time.monotonic() + dimse
+            self.begin(rq)
             while True:
-                if self.cancel_requested:
-                    self.service_cancel()
-                    if time.monotonic() >= reader.grace:
-                        raise WireTimeoutError("cancel")
-                context_id, command, data = reader.next_message()
-                reader.deadline = time.monotonic() + dimse
+                context_id, command, data = self.next_message()
                 field = command_us(command, 0x0100)
                 if field == C_STORE_RQ:
                     self.store(context_id, command, data)
@@ -255,51 +264,57 @@ class _Run(Lease):
                     return self.final(status, command, data, syntax)
                 else:
                     raise ProtocolError(f"unexpected DIMSE message (command field {field})")
-        except PeerPduError as exc:
+        except (PeerPduError, WireClosedError, WireTimeoutError, ProtocolError) as exc:
+            self.ended(exc)
+            return None  # cancelled: the peer did not answer the C-CANCEL in time
+        except BaseException:
+            self.abort()
+            raise
+
+    def ended(self, exc: Exception) -> None:
+        """The exchange broke off with ``exc`` (from the wire): give the socket back or
+        abort, then return when it was cancelled (no final response is coming), else
+        raise the typed error of the fault."""
+        peer, what, timeouts = self.owner.peer, self.what, self.owner.timeouts
+        if isinstance(exc, PeerPduError):
             self.hand_back(exc)
             if self.cancel_sent:
-                return None
+                return
             raise AssociationAbortedError(
-                f"{self.owner.peer} "
-                f"{'released' if exc.kind == 0x05 else 'aborted'} the association "
-                f"while we waited for a {self.what} response"
+                f"{peer} {'released' if exc.kind == 0x05 else 'aborted'} the association "
+                f"while we waited for a {what} response"
             ) from None
-        except WireClosedError as exc:
+        if isinstance(exc, WireClosedError):
             self.hand_back(None)
             if self.cancel_sent:
-                return None
+                return
             raise AssociationAbortedError(
-                f"the association with {self.owner.peer} was aborted or the connection dropped "
-                f"while waiting for a {self.what} response ({exc})"
+                f"the association with {peer} was aborted or the connection dropped "
+                f"while waiting for a {what} response ({exc})"
             ) from None
-        except WireTimeoutError as exc:
+        if isinstance(exc, WireTimeoutError):
             self.abort()
             if exc.args[0] == "cancel" or self.cancel_sent:
                 logger.warning(
                     "%s did not honour C-CANCEL within %g s: association aborted",
-                    self.owner.peer,
-                    self.owner.timeouts.cancel,
+                    peer,
+                    timeouts.cancel,
                 )
-                return None
+                return
             if exc.args[0] == "network":
                 raise DicomTimeoutError(
-                    f"{self.owner.peer} sent nothing for {self.owner.timeouts.network:g} s "
-                    f"(network_timeout) during the {self.what}; the association was aborted"
+                    f"{peer} sent nothing for {timeouts.network:g} s "
+                    f"(network_timeout) during the {what}; the association was aborted"
                 ) from None
             raise DicomTimeoutError(
-                f"{self.owner.peer} sent no {self.what} response within {dimse:g} s "
+                f"{peer} sent no {what} response within {timeouts.dimse:g} s "
                 "(dimse_timeout); the association was aborted"
             ) from None
-        except ProtocolError as exc:
-            logger.error("invalid data from %s during a %s: %s", self.owner.peer, self.what, exc)
-            self.abort()
-            raise AssociationAbortedError(
-                f"{self.owner.peer} sent an invalid message during the {self.what} ({exc}); "
-                "the association was aborted"
-            ) from None
-        except BaseException:
-            self.abort()
-            raise
+        logger.error("invalid data from %s during a %s: %s", peer, what, exc)
+        self.abort()
+        raise AssociationAbortedError(
+            f"{peer} sent an invalid message during the {what} ({exc}); the association was aborted"
+        ) from None
 
     def store(self, context_id: int, command: dict[int, bytes], data: bytearray | None) -> None:
         """Hand one C-STORE-RQ to the storage handler and answer it."""
