@@ -21,19 +21,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator
-from io import BytesIO
-from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_FIND_RQ
 from pynetdicom.dimse_primitives import C_FIND
-from pynetdicom.dsutils import encode
 
 from clarinet_nb.dicom.association import Timeouts
 from clarinet_nb.dicom.cancel import CancelToken
-from clarinet_nb.dicom.fastpath import DulGate, _Run, cancel_pdus, message_pdus
+from clarinet_nb.dicom.fastpath import (
+    DulGate,
+    _Run,
+    cancel_pdus,
+    request_pdus,
+    start_run,
+)
 from clarinet_nb.dicom.models import DicomNode
 from clarinet_nb.dicom.wire import (
     PeerPduError,
@@ -42,7 +45,6 @@ from clarinet_nb.dicom.wire import (
     WireTimeoutError,
     command_us,
 )
-from clarinet_nb.errors import AssociationAbortedError
 
 __all__ = ["FastFind"]
 
@@ -80,37 +82,15 @@ class FastFind:
         The socket is ours while the generator runs: consume it to the end (or
         close it) before anything else uses the association."""
         self.cancel_sent.clear()
-        context = self.assoc._get_valid_context(model, "", "scu")
-        syntax = context.transfer_syntax[0]
-        context_id = int(context.context_id or 0)
         request = C_FIND()
         request.MessageID = msg_id
         request.AffectedSOPClassUID = UID(model)
         request.Priority = 2
-        encoded = encode(
-            identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        rq, syntax, context_id = request_pdus(
+            self.assoc, request, C_FIND_RQ(), identifier, model, self.peer_max_pdu, "C-FIND"
         )
-        if encoded is None:
-            raise ValueError("could not encode the C-FIND identifier")
-        request.Identifier = BytesIO(encoded)
-        message = C_FIND_RQ()
-        message.primitive_to_message(request)
-        rq = self._pdus(message, context_id)
-        if not self.gate.hold(self.timeouts.acse):
-            self.gate.release()
-            raise AssociationAbortedError(
-                f"the association with {self.peer} was aborted or the connection dropped "
-                "before the C-FIND request"
-            )
+        run = start_run(self, lambda: _FindRun(self, context_id, msg_id), "C-FIND")
         _pynetdicom_logger.info("Sending Find Request: MsgID %d", msg_id)
-        try:
-            run = _FindRun(self, context_id, msg_id)
-        except (WireClosedError, OSError) as exc:
-            self.gate.release()
-            raise AssociationAbortedError(
-                f"the association with {self.peer} lost its connection before the C-FIND "
-                f"request ({exc})"
-            ) from None
         remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
         try:
             yield from run.exchange(rq, syntax)
@@ -121,10 +101,7 @@ class FastFind:
                 run.abort()  # left mid-answer: the association cannot carry on
             run.close()
 
-    # the pieces _Run expects of its owner ------------------------------------------------
-
-    def _pdus(self, message: Any, context_id: int) -> bytes:
-        return message_pdus(message, context_id, self.peer_max_pdu)
+    # what _Run expects of its owner -------------------------------------------------------
 
     def cancel_pdus(self, context_id: int, msg_id: int) -> bytes:
         """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""

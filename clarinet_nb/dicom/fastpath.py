@@ -30,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -141,32 +142,11 @@ class FastGet:
         cancel: CancelToken | None,
         what: str,
     ) -> tuple[Dataset, Dataset | None] | None:
-        context = self.assoc._get_valid_context(model, "", "scu")
-        syntax = context.transfer_syntax[0]
-        context_id = int(context.context_id or 0)
-        encoded = encode(
-            identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        rq, syntax, context_id = request_pdus(
+            self.assoc, request, message, identifier, model, self.peer_max_pdu, what
         )
-        if encoded is None:
-            raise ValueError(f"could not encode the {what} identifier")
-        request.Identifier = BytesIO(encoded)
-        message.primitive_to_message(request)
-        rq = self._pdus(message, context_id)
-
-        if not self.gate.hold(self.timeouts.acse):
-            self.gate.release()
-            raise AssociationAbortedError(
-                f"the association with {self.peer} was aborted or the connection dropped "
-                f"before the {what} request"
-            )
-        try:
-            run = _Run(self, context_id, int(request.MessageID), what)
-        except (WireClosedError, OSError) as exc:
-            self.gate.release()
-            raise AssociationAbortedError(
-                f"the association with {self.peer} lost its connection before the {what} "
-                f"request ({exc})"
-            ) from None
+        msg_id = int(request.MessageID)
+        run = start_run(self, lambda: _Run(self, context_id, msg_id, what), what)
         remove = cancel.on_cancel(run.request_cancel) if cancel is not None else None
         try:
             return run.go(rq, syntax)
@@ -175,12 +155,54 @@ class FastGet:
                 remove()
             run.close()
 
-    def _pdus(self, message: Any, context_id: int) -> bytes:
-        return message_pdus(message, context_id, self.peer_max_pdu)
-
     def cancel_pdus(self, context_id: int, msg_id: int) -> bytes:
         """C-CANCEL-RQ for ``msg_id`` as P-DATA-TF PDUs."""
         return cancel_pdus(context_id, msg_id, self.peer_max_pdu)
+
+
+def request_pdus(
+    assoc: Association,
+    request: Any,
+    message: Any,
+    identifier: Dataset,
+    model: str,
+    max_pdu: int,
+    what: str,
+) -> tuple[bytes, UID, int]:
+    """A C-GET/C-MOVE/C-FIND request (``request``, a pynetdicom primitive, encoded as
+    ``message``) with ``identifier`` on the context of ``model``: (PDUs, the context's
+    transfer syntax, its ID)."""
+    context = assoc._get_valid_context(model, "", "scu")
+    syntax = context.transfer_syntax[0]
+    context_id = int(context.context_id or 0)
+    encoded = encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    if encoded is None:
+        raise ValueError(f"could not encode the {what} identifier")
+    request.Identifier = BytesIO(encoded)
+    message.primitive_to_message(request)
+    return message_pdus(message, context_id, max_pdu), syntax, context_id
+
+
+RunT = TypeVar("RunT", bound=Lease)
+
+
+def start_run(owner: Any, make: Callable[[], RunT], what: str) -> RunT:
+    """Park ``owner.gate``'s reader and take the socket with ``make()``; the typed
+    error (gate released) when the association is gone before the request."""
+    if not owner.gate.hold(owner.timeouts.acse):
+        owner.gate.release()
+        raise AssociationAbortedError(
+            f"the association with {owner.peer} was aborted or the connection dropped "
+            f"before the {what} request"
+        )
+    try:
+        return make()
+    except (WireClosedError, OSError) as exc:
+        owner.gate.release()
+        raise AssociationAbortedError(
+            f"the association with {owner.peer} lost its connection before the {what} "
+            f"request ({exc})"
+        ) from None
 
 
 def message_pdus(message: Any, context_id: int, max_pdu: int) -> bytes:
