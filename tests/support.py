@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -94,3 +96,14 @@ def silent_listener() -> Iterator[ConnectionCounter]:
     listener = ConnectionCounter()
     yield listener
     listener.close()
+
+
+def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    """("ok", result) or ("error", exception type) of ``fn(*args)``, warnings silenced:
+    two readers compared on hostile input must succeed alike or fail alike."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return "ok", fn(*args)
+        except Exception as exc:  # noqa: BLE001 - both readers must fail alike
+            return "error", type(exc)

@@ -10,8 +10,6 @@ with padding, lists, other VRs, and arbitrary mutations and truncations.
 from __future__ import annotations
 
 import struct
-import warnings
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -25,6 +23,7 @@ from pydicom.uid import (
 
 from clarinet_nb.dicom.handlers import RawInstance, read_identity
 from clarinet_nb.dicom.identity import fast_identity, pydicom_identity
+from tests.support import outcome
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
 
@@ -138,15 +137,6 @@ def hostile(draw: st.DrawFn) -> tuple[bytes, bool]:
     else:
         implicit = not implicit
     return data, implicit
-
-
-def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return "ok", fn(*args)
-        except Exception as exc:  # noqa: BLE001 - both readers must fail alike
-            return "error", type(exc)
 
 
 def instance(data: bytes, syntax: str) -> RawInstance:

@@ -21,6 +21,7 @@ from pynetdicom.dsutils import decode
 
 from clarinet_nb.dicom.rawfind import identifier_dataset, walk
 from clarinet_nb.notebook.frames import to_frame
+from tests.support import outcome
 from tests.test_decode_hypothesis import (
     PROPERTY,
     SYNTAXES,
@@ -43,20 +44,9 @@ def _state(ds: Dataset) -> dict[str, Any]:
     return {k: v for k, v in vars(ds).items() if k != "_dict"}
 
 
-def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return "ok", fn(*args)
-        except Exception as exc:  # noqa: BLE001 - both readers must fail alike
-            return "error", type(exc)
-
-
 def assert_same(data: bytes, syntax: Syntax) -> None:
-    kind, expected = _outcome(
-        decode, BytesIO(data), syntax.implicit, syntax.little, syntax.deflated
-    )
-    got_kind, got = _outcome(
+    kind, expected = outcome(decode, BytesIO(data), syntax.implicit, syntax.little, syntax.deflated)
+    got_kind, got = outcome(
         identifier_dataset, data, syntax.implicit, syntax.little, syntax.deflated
     )
     assert got_kind == kind
